@@ -1,0 +1,49 @@
+"""Candidate names of a mask and CLIP's top-k proposals among them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+
+def union_candidates(*groups: Iterable[str]) -> list[str]:
+    """All names of `groups`, in the order given, each once (first occurrence kept).
+
+    The published engine used a Python set here, so its order (and its ties) changed from run
+    to run with string hashing; this order is fixed: close-set names first, then noun phrases.
+    """
+    seen: dict[str, None] = {}
+    for group in groups:
+        for name in group:
+            name = name.strip()
+            if name and name not in seen:
+                seen[name] = None
+    return list(seen)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis, in float64 for stable scores."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = np.exp(z - z.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
+
+
+def top_k(scores: np.ndarray, k: int) -> list[int]:
+    """Indices of the k highest `scores` (1-D), best first; ties go to the lowest index."""
+    k = max(0, min(int(k), scores.shape[0]))
+    return [int(i) for i in np.argsort(-np.asarray(scores), kind="stable")[:k]]
+
+
+def clip_proposals(
+    image_embed: np.ndarray, text_embeds: np.ndarray, logit_scale: float, names: Sequence[str], k: int
+) -> tuple[list[str], list[float]]:
+    """CLIP's top-k of `names` for one crop.
+
+    image_embed: (E,) L2-normalised image embedding; text_embeds: (N, E) L2-normalised, one per name.
+    Returns the k = min(k, N) best names and their softmax probabilities over all N names.
+    """
+    logits = float(logit_scale) * (text_embeds.astype(np.float64) @ image_embed.astype(np.float64))
+    probs = softmax(logits)
+    best = top_k(probs, k)
+    return [names[i] for i in best], [float(probs[i]) for i in best]

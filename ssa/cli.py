@@ -1,0 +1,139 @@
+"""`ssa`: the command line of the SSA engine. `ssa <command> --help` explains each command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from ssa.engine import EngineParams
+from ssa.profiles import PROFILES
+
+DEFAULT_MODELS_DIR = Path("artifacts/models")
+
+
+def add_params(parser: argparse.ArgumentParser) -> None:
+    d = EngineParams()
+    g = parser.add_argument_group("engine parameters (SPEC.md defaults)")
+    g.add_argument("--top_k", type=int, default=d.top_k, help="proposals per mask (default %(default)s)")
+    g.add_argument("--scale_small", type=float, default=d.scale_small, help="CLIP crop scale (default %(default)s)")
+    g.add_argument("--scale_large", type=float, default=d.scale_large, help="BLIP crop scale (default %(default)s)")
+    g.add_argument("--scale_huge", type=float, default=d.scale_huge, help="CLIPSeg crop scale (default %(default)s)")
+    g.add_argument("--caption_max_length", type=int, default=d.caption_max_length,
+                   help="caption length cap in tokens, decoder start token included (default %(default)s)")
+
+
+def params_from(args: argparse.Namespace) -> EngineParams:
+    return EngineParams(top_k=args.top_k, scale_small=args.scale_small, scale_large=args.scale_large,
+                        scale_huge=args.scale_huge, caption_max_length=args.caption_max_length)
+
+
+def add_profile(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--profile", default="tiny", choices=PROFILES,
+                        help="model profile: tiny (random, small; tests), bench (random, real sizes), "
+                             "light/full (real checkpoints) (default %(default)s)")
+    parser.add_argument("--models_dir", type=Path, default=DEFAULT_MODELS_DIR,
+                        help="where profiles live, one folder each (default %(default)s)")
+    parser.add_argument("--snapshot_dir", type=Path, default=None,
+                        help="light/full: a folder of local checkpoints named like their hub ids "
+                             "(e.g. <dir>/openai/clip-vit-base-patch32), used instead of the hub")
+
+
+def profile_dir(args: argparse.Namespace) -> Path:
+    """The profile's folder, built first if it does not exist yet."""
+    from ssa.profiles import build_profile
+
+    path = args.models_dir / args.profile
+    if not (path / "profile.json").is_file():
+        print(f"building the {args.profile} profile in {path} ...", file=sys.stderr)
+        build_profile(args.profile, path, snapshot_dir=args.snapshot_dir,
+                      log=lambda m: print(m, file=sys.stderr))
+    return path
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from ssa.profiles import ROLES, build_profile
+
+    roles = tuple(args.roles.split(",")) if args.roles else ROLES
+    build_profile(args.profile, args.models_dir / args.profile, snapshot_dir=args.snapshot_dir, roles=roles,
+                  seed=args.seed)
+    print(f"profile {args.profile} written to {args.models_dir / args.profile}")
+    return 0
+
+
+def cmd_examples(args: argparse.Namespace) -> int:
+    from ssa.examples import build_examples
+
+    paths = build_examples(args.out, max_masks=args.max_masks)
+    print(f"{len(paths)} images with SA-1B annotations written to {args.out}")
+    return 0
+
+
+def cmd_reference(args: argparse.Namespace) -> int:
+    from ssa.dataset import folder_items
+    from ssa.reference import TorchModels, annotate_image
+    from ssa.runner import run_in_process
+
+    params = params_from(args)
+    items = folder_items(args.data_dir)
+    models = TorchModels.load(profile_dir(args))
+    summary = run_in_process(items, args.out_dir, lambda image, masks: annotate_image(image, masks, models, params),
+                             engine="reference (PyTorch, one mask at a time)", profile=models.profile, params=params,
+                             save_img=args.save_img, overwrite=args.overwrite)
+    return 1 if summary.failures else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ssa",
+        description="Semantic Segment Anything: give every SAM mask of an image a class name and "
+                    "class proposals (OneFormer close-set names, BLIP caption noun phrases, CLIP top-k, "
+                    "CLIPSeg vote).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("models", help="build a model profile folder (random weights or real checkpoints)",
+                       description="Write a profile's five models with their processors in save_pretrained form.")
+    add_profile(p)
+    p.add_argument("--roles", default="", help="comma-separated subset of roles to build (default: all)")
+    p.add_argument("--seed", type=int, default=0, help="seed of random profiles (default %(default)s)")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("examples", help="build the SA-1B-style example set from scikit-image's photographs",
+                       description="Real photographs with masks from classical segmentation at several "
+                                   "granularities, written as <stem>.jpg + <stem>.json (SA-1B, COCO RLE).")
+    p.add_argument("--out", type=Path, default=Path("artifacts/examples"), help="output folder (default %(default)s)")
+    p.add_argument("--max_masks", type=int, default=150, help="masks per image at most (default %(default)s)")
+    p.set_defaults(func=cmd_examples)
+
+    p = sub.add_parser("reference", help="annotate a folder with the reference pipeline (PyTorch, one mask at a time)",
+                       description="Annotate every <stem>.jpg + <stem>.json of --data_dir with the reference "
+                                   "pipeline, writing <stem>_semantic.json (and --save_img PNGs) to --out_dir.")
+    p.add_argument("--data_dir", type=Path, required=True, help="folder of images and SA-1B JSON files")
+    p.add_argument("--out_dir", type=Path, required=True, help="output folder")
+    p.add_argument("--save_img", action="store_true", help="also write <stem>_semantic.png, masks with class names")
+    p.add_argument("--overwrite", action="store_true", help="redo images whose output exists")
+    add_profile(p)
+    add_params(p)
+    p.set_defaults(func=cmd_reference)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    start = time.perf_counter()
+    try:
+        code = args.func(args)
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        print(f"ssa {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"ssa {args.command}: interrupted after {time.perf_counter() - start:.0f}s; rerun to resume",
+              file=sys.stderr)
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

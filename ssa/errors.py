@@ -1,0 +1,18 @@
+"""The one exception type for bad input, so callers can tell it from bugs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class InputError(ValueError):
+    """Invalid input data: names the file (when known) and what is wrong with it."""
+
+    def __init__(self, problem: str, source: str | Path | None = None):
+        self.problem = problem
+        self.source = str(source) if source is not None else None
+        super().__init__(f"{self.source}: {problem}" if self.source else problem)
+
+    def with_source(self, source: str | Path) -> InputError:
+        """The same error, attributed to `source` (if it names none yet)."""
+        return self if self.source else InputError(self.problem, source)

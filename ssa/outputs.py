@@ -1,0 +1,98 @@
+"""What the engine writes: `<stem>_semantic.json` (+ optional `<stem>_semantic.png`) per image,
+each whole or absent, and a failures file naming every file that could not be annotated."""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ssa import __version__
+from ssa.engine import EngineParams, MaskLabel
+from ssa.sa1b import write_bytes_atomic, write_json_atomic
+
+FAILURES_FILE = "failures.json"
+
+
+def output_paths(out_dir: str | Path, stem: str) -> tuple[Path, Path]:
+    """(json path, png path) of an image's outputs."""
+    out_dir = Path(out_dir)
+    return out_dir / f"{stem}_semantic.json", out_dir / f"{stem}_semantic.png"
+
+
+def provenance(engine: str, profile: dict, params: EngineParams) -> dict[str, Any]:
+    """The block recorded in every output: which engine, models and parameters made it."""
+    return {
+        "engine": engine,
+        "package_version": __version__,
+        "profile": profile.get("profile"),
+        "model_ids": profile.get("model_ids", {}),
+        "model_sources": profile.get("sources", {}),
+        "params": params.to_dict(),
+        "python": platform.python_version(),
+    }
+
+
+def annotated_document(doc: dict[str, Any], labels: list[MaskLabel], prov: dict[str, Any]) -> dict[str, Any]:
+    """The input document with every annotation kept as it was plus the engine's fields, and the
+    provenance under the top-level key "ssa" (SA-1B consumers can ignore both extras)."""
+    if len(labels) != len(doc["annotations"]):
+        raise ValueError(f"{len(labels)} labels for {len(doc['annotations'])} annotations")
+    out = copy.deepcopy(doc)
+    for ann, label in zip(out["annotations"], labels):
+        ann.update(label.fields())
+    out["ssa"] = prov
+    return out
+
+
+def write_outputs(out_dir: str | Path, stem: str, document: dict[str, Any], image: np.ndarray | None = None,
+                  masks: np.ndarray | None = None) -> None:
+    """Write the JSON (and the PNG when `image` and `masks` are given), each atomically.
+
+    The PNG is written first, so a finished JSON always means the image is done.
+    """
+    json_path, png_path = output_paths(out_dir, stem)
+    if image is not None and masks is not None:
+        from ssa.render import render_labels
+
+        names = [ann["class_name"] for ann in document["annotations"]]
+        buf = io.BytesIO()
+        render_labels(image, masks, names).save(buf, format="PNG")
+        write_bytes_atomic(png_path, buf.getvalue())
+    write_json_atomic(json_path, document)
+
+
+@dataclass
+class RunSummary:
+    """Counts of a run over many images."""
+
+    done: int = 0
+    skipped: int = 0
+    masks: int = 0
+    seconds: float = 0.0
+    failures: list[dict[str, str]] = field(default_factory=list)
+
+    def line(self) -> str:
+        rate = f", {self.done / self.seconds:.3f} images/s, {self.masks / self.seconds:.2f} masks/s" if self.seconds else ""
+        return (f"done {self.done}, skipped {self.skipped}, failed {len(self.failures)} "
+                f"({self.masks} masks in {self.seconds:.1f}s{rate})")
+
+
+def write_failures(out_dir: str | Path, failures: list[dict[str, str]]) -> Path | None:
+    """Write `failures.json` (a list of {"file", "reason"}) or remove a stale one; return its path."""
+    path = Path(out_dir) / FAILURES_FILE
+    if failures:
+        write_json_atomic(path, sorted(failures, key=lambda f: f["file"]))
+        return path
+    path.unlink(missing_ok=True)
+    return None
+
+
+def read_output(path: str | Path) -> dict[str, Any]:
+    return json.loads(Path(path).read_text())

@@ -1,0 +1,237 @@
+"""Model profiles: which five models the engine runs, and how a profile directory is made.
+
+Every profile ends up as one directory in `save_pretrained` form, one sub-folder per role
+(model + processor + tokenizer), plus `profile.json`. The reference pipeline, the exporter and
+the tests load every profile from such a directory through `ssa.models.load_models`, the same
+code path for random and real weights.
+
+- tiny:  every architecture with seeded random weights and a few small layers (tests, seconds).
+- bench: the light-mode architectures at their real sizes with seeded random weights (same FLOPs
+         and memory as the real models; benchmarks).
+- light, full: the Hugging Face checkpoints of the published engine (SPEC.md), downloaded when the
+         hub is reachable or read from a local snapshot folder (`--snapshot-dir`).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ssa import __version__
+from ssa.labels import raw_class_names
+
+ROLES = ("oneformer_coco", "oneformer_ade20k", "blip", "clip", "clipseg")
+PROFILES = ("tiny", "bench", "light", "full")
+
+HUB_IDS: dict[str, dict[str, str]] = {
+    "light": {
+        "oneformer_coco": "shi-labs/oneformer_coco_swin_large",
+        "oneformer_ade20k": "shi-labs/oneformer_ade20k_swin_tiny",
+        "blip": "Salesforce/blip-image-captioning-base",
+        "clip": "openai/clip-vit-base-patch32",
+        "clipseg": "CIDAS/clipseg-rd16",
+    },
+    "full": {
+        "oneformer_coco": "shi-labs/oneformer_coco_swin_large",
+        "oneformer_ade20k": "shi-labs/oneformer_ade20k_swin_large",
+        "blip": "Salesforce/blip-image-captioning-large",
+        "clip": "openai/clip-vit-large-patch14",
+        "clipseg": "CIDAS/clipseg-rd64-refined",
+    },
+}
+# The random profiles stand in for light mode: their `model_id` says which checkpoint they mimic.
+HUB_IDS["bench"] = HUB_IDS["light"]
+HUB_IDS["tiny"] = HUB_IDS["light"]
+
+DATASET_OF = {"oneformer_coco": "coco", "oneformer_ade20k": "ade20k"}
+IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+ONEFORMER_MEAN = [123.675 / 255, 116.28 / 255, 103.53 / 255]
+ONEFORMER_STD = [58.395 / 255, 57.12 / 255, 57.375 / 255]
+CLIP_CONTEXT = 77
+
+
+@dataclass(frozen=True)
+class RandomSpec:
+    """How one role of a random profile is built: model config kwargs and processor settings."""
+
+    config: Callable[[Any], Any]  # tokenizer(s) -> transformers config
+    processor: dict[str, Any] = field(default_factory=dict)
+
+
+def _id2label(role: str) -> dict[int, str]:
+    return dict(enumerate(raw_class_names(DATASET_OF[role])))
+
+
+def _oneformer_config(role: str, size: str):
+    from transformers import OneFormerConfig, SwinConfig
+
+    id2label = _id2label(role)
+    common = dict(id2label=id2label, label2id={v: k for k, v in id2label.items()})
+    stages = ["stage1", "stage2", "stage3", "stage4"]
+    if size == "tiny":
+        backbone = SwinConfig(image_size=224, embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2],
+                              window_size=7, out_features=stages)
+        return OneFormerConfig(
+            backbone_config=backbone, num_queries=8, conv_dim=32, mask_dim=32, hidden_dim=32,
+            encoder_feedforward_dim=64, dim_feedforward=64, encoder_layers=1, decoder_layers=2,
+            num_attention_heads=4, text_encoder_width=32, text_encoder_num_layers=1,
+            text_encoder_proj_layers=1, query_dec_layers=1, **common)
+    if role == "oneformer_coco":  # shi-labs/oneformer_coco_swin_large
+        backbone = SwinConfig(image_size=384, embed_dim=192, depths=[2, 2, 18, 2], num_heads=[6, 12, 24, 48],
+                              window_size=12, out_features=stages)
+        return OneFormerConfig(backbone_config=backbone, num_queries=150, **common)
+    return OneFormerConfig(**common)  # default backbone == Swin-T, as shi-labs/oneformer_ade20k_swin_tiny
+
+
+def _oneformer_processor(role: str, size: str, clip_tokenizer):
+    from transformers import OneFormerImageProcessor, OneFormerProcessor
+
+    if size == "tiny":
+        edges = (128, 512)
+    else:  # the real checkpoints' test sizes
+        edges = (800, 1333) if role == "oneformer_coco" else (512, 2048)
+    image_processor = OneFormerImageProcessor(
+        size={"shortest_edge": edges[0], "longest_edge": edges[1]},
+        image_mean=ONEFORMER_MEAN, image_std=ONEFORMER_STD,
+        num_labels=len(_id2label(role)), do_reduce_labels=False, ignore_index=255,
+    )
+    return OneFormerProcessor(image_processor=image_processor, tokenizer=clip_tokenizer,
+                              max_seq_length=CLIP_CONTEXT, task_seq_length=CLIP_CONTEXT)
+
+
+def _blip(size: str):
+    from transformers import BlipConfig, BlipImageProcessor, BlipProcessor
+
+    from ssa.tokenizers_offline import build_blip_tokenizer
+
+    tok = build_blip_tokenizer(1026 if size == "tiny" else 30524)
+    ids = dict(vocab_size=len(tok), bos_token_id=tok.bos_token_id, sep_token_id=tok.sep_token_id,
+               pad_token_id=tok.pad_token_id, eos_token_id=tok.sep_token_id)
+    if size == "tiny":
+        config = BlipConfig(
+            text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                             max_position_embeddings=64, **ids),
+            vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                               image_size=384, patch_size=16, initializer_range=0.02),
+            projection_dim=16)
+    else:  # Salesforce/blip-image-captioning-base: ViT-B/16 at 384 + BERT-base decoder with 12 heads
+        config = BlipConfig(text_config=dict(num_attention_heads=12, **ids),
+                            vision_config=dict(initializer_range=0.02))
+    processor = BlipProcessor(image_processor=BlipImageProcessor(size={"height": 384, "width": 384}), tokenizer=tok)
+    return config, processor
+
+
+def _clip(size: str, clip_tokenizer):
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPProcessor
+
+    if size == "tiny":
+        config = CLIPConfig(
+            text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4),
+            vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                               image_size=224, patch_size=32),
+            projection_dim=16)
+    else:  # openai/clip-vit-base-patch32 == CLIPConfig defaults
+        config = CLIPConfig()
+    return config, CLIPProcessor(image_processor=CLIPImageProcessor(), tokenizer=clip_tokenizer)
+
+
+def _clipseg(size: str, clip_tokenizer):
+    from transformers import CLIPSegConfig, CLIPSegProcessor, ViTImageProcessor
+
+    if size == "tiny":
+        config = CLIPSegConfig(
+            text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4),
+            vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                               image_size=224, patch_size=16),
+            projection_dim=16, extract_layers=[0, 1, 2], reduce_dim=16, decoder_num_attention_heads=2,
+            decoder_intermediate_size=32)
+    else:  # CIDAS/clipseg-rd16: ViT-B/16 backbone (CLIPSegConfig defaults to patch 32), reduce_dim 16
+        config = CLIPSegConfig(vision_config=dict(patch_size=16), reduce_dim=16)
+    image_processor = ViTImageProcessor(size={"height": 352, "width": 352}, image_mean=IMAGENET_MEAN,
+                                        image_std=IMAGENET_STD)
+    return config, CLIPSegProcessor(image_processor=image_processor, tokenizer=clip_tokenizer)
+
+
+def build_random_role(role: str, size: str, clip_tokenizer, seed: int = 0):
+    """(model, processor) for one role with seeded random weights; size is "tiny" or "bench"."""
+    import torch
+    from transformers import (BlipForConditionalGeneration, CLIPModel, CLIPSegForImageSegmentation,
+                              OneFormerForUniversalSegmentation)
+
+    torch.manual_seed(seed + ROLES.index(role))
+    if role.startswith("oneformer"):
+        config = _oneformer_config(role, size)
+        model = OneFormerForUniversalSegmentation(config)
+        processor = _oneformer_processor(role, size, clip_tokenizer)
+    elif role == "blip":
+        config, processor = _blip(size)
+        model = BlipForConditionalGeneration(config)
+    elif role == "clip":
+        config, processor = _clip(size, clip_tokenizer)
+        model = CLIPModel(config)
+    elif role == "clipseg":
+        config, processor = _clipseg(size, clip_tokenizer)
+        model = CLIPSegForImageSegmentation(config)
+    else:
+        raise ValueError(f"unknown role {role!r}; roles are {', '.join(ROLES)}")
+    return model.eval(), processor
+
+
+def _download_role(role: str, source: str):
+    """(model, processor) of a real checkpoint: a hub id, or a local snapshot folder."""
+    from transformers import (AutoProcessor, BlipForConditionalGeneration, CLIPModel,
+                              CLIPSegForImageSegmentation, OneFormerForUniversalSegmentation)
+
+    cls = {"blip": BlipForConditionalGeneration, "clip": CLIPModel, "clipseg": CLIPSegForImageSegmentation}.get(
+        role, OneFormerForUniversalSegmentation)
+    return cls.from_pretrained(source).eval(), AutoProcessor.from_pretrained(source)
+
+
+def build_profile(profile: str, out_dir: str | Path, snapshot_dir: str | Path | None = None,
+                  roles: tuple[str, ...] = ROLES, seed: int = 0, log: Callable[[str], None] = print) -> Path:
+    """Write profile `profile` to `out_dir` (one folder per role + profile.json); return out_dir.
+
+    For light/full, each role comes from `snapshot_dir/<hub id>` when that folder exists, else from
+    the hub. A folder is written under a temporary name and renamed, so it is whole or absent.
+    """
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; profiles are {', '.join(PROFILES)}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    clip_tokenizer = None
+    if profile in ("tiny", "bench"):
+        from ssa.tokenizers_offline import build_clip_tokenizer
+
+        clip_tokenizer = build_clip_tokenizer()
+    sources = {}
+    for role in roles:
+        start = time.perf_counter()
+        if profile in ("tiny", "bench"):
+            model, processor = build_random_role(role, profile, clip_tokenizer, seed)
+            sources[role] = f"random weights, seed {seed}, architecture of {HUB_IDS[profile][role]}"
+        else:
+            hub_id = HUB_IDS[profile][role]
+            local = Path(snapshot_dir) / hub_id if snapshot_dir else None
+            source = str(local) if local is not None and local.is_dir() else hub_id
+            model, processor = _download_role(role, source)
+            sources[role] = source
+        tmp = out_dir / f".{role}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        shutil.rmtree(out_dir / role, ignore_errors=True)
+        tmp.rename(out_dir / role)
+        params = sum(p.numel() for p in model.parameters())
+        log(f"[{profile}] {role}: {params / 1e6:.1f}M parameters in {time.perf_counter() - start:.1f}s")
+    manifest_path = out_dir / "profile.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    manifest.update(profile=profile, package_version=__version__)
+    manifest.setdefault("model_ids", {}).update({r: HUB_IDS[profile][r] for r in roles})
+    manifest.setdefault("sources", {}).update(sources)
+    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    return out_dir

@@ -1,0 +1,126 @@
+"""The reference pipeline: the SSA engine in plain PyTorch + transformers, one mask at a time,
+each model in turn, as the published engine runs it (with its defects fixed, see SPEC.md).
+
+It is the baseline every faster path is compared against, so it stays simple and close to the
+published code; every non-model step comes from this package.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ssa.candidates import softmax, top_k, union_candidates
+from ssa.engine import DATASETS, EngineParams, MaskLabel
+from ssa.geometry import crop, crop_box
+from ssa.labels import class_names
+from ssa.nouns import load_spacy, noun_phrases
+from ssa.preprocess import CHANNELS_LAST
+from ssa.profiles import ROLES
+from ssa.sa1b import MaskSet
+from ssa.voting import majority_class, pixel_vote
+
+
+@dataclass
+class TorchModels:
+    """The five models of a profile directory with their processors, in PyTorch (eval mode)."""
+
+    profile: dict
+    models: dict
+    processors: dict
+
+    @classmethod
+    def load(cls, profile_dir: str | Path, device: str = "cpu") -> TorchModels:
+        from transformers import (AutoProcessor, BlipForConditionalGeneration, CLIPModel,
+                                  CLIPSegForImageSegmentation, OneFormerForUniversalSegmentation)
+
+        d = Path(profile_dir)
+        if not (d / "profile.json").is_file():
+            raise FileNotFoundError(f"{d} is not a profile directory (no profile.json); build it with `ssa models`")
+        classes = {"blip": BlipForConditionalGeneration, "clip": CLIPModel, "clipseg": CLIPSegForImageSegmentation}
+        models, processors = {}, {}
+        for role in ROLES:
+            model_cls = classes.get(role, OneFormerForUniversalSegmentation)
+            models[role] = model_cls.from_pretrained(d / role).eval().to(device)
+            processors[role] = AutoProcessor.from_pretrained(d / role)
+        return cls(json.loads((d / "profile.json").read_text()), models, processors)
+
+
+def semantic_map(models: TorchModels, dataset: str, image: np.ndarray):
+    """(H, W) int64 torch label map: OneFormer "semantic" + the processor's post-processing."""
+    import torch
+
+    role = f"oneformer_{dataset}"
+    processor, model = models.processors[role], models.models[role]
+    inputs = processor(images=image, task_inputs=["semantic"], return_tensors="pt", input_data_format=CHANNELS_LAST)
+    with torch.no_grad():
+        outputs = model(**inputs)
+    return processor.post_process_semantic_segmentation(outputs, target_sizes=[image.shape[:2]])[0]
+
+
+def caption(models: TorchModels, patch: np.ndarray, max_length: int) -> str:
+    """BLIP's unconditional greedy caption of one crop."""
+    import torch
+
+    processor, model = models.processors["blip"], models.models["blip"]
+    inputs = processor(images=patch, return_tensors="pt", input_data_format=CHANNELS_LAST)
+    with torch.no_grad():
+        out = model.generate(**inputs, max_length=max_length, do_sample=False, num_beams=1)
+    return processor.decode(out[0], skip_special_tokens=True).strip()
+
+
+def clip_classification(models: TorchModels, patch: np.ndarray, names: list[str], k: int):
+    """CLIP's top-k of `names` for one crop: (names best first, their softmax probabilities)."""
+    import torch
+
+    processor, model = models.processors["clip"], models.models["clip"]
+    inputs = processor(text=names, images=patch, return_tensors="pt", padding=True, input_data_format=CHANNELS_LAST)
+    with torch.no_grad():
+        logits = model(**inputs).logits_per_image[0].double().numpy()
+    probs = softmax(logits)
+    best = top_k(probs, k)
+    return [names[i] for i in best], [float(probs[i]) for i in best]
+
+
+def clipseg_segmentation(models: TorchModels, patch: np.ndarray, names: list[str], size: int):
+    """(h, w) int64 torch map: per pixel of the crop, the index of the prompt with the highest logit."""
+    import torch
+    import torch.nn.functional as F
+
+    processor, model = models.processors["clipseg"], models.models["clipseg"]
+    inputs = processor(text=names, images=[patch] * len(names), padding=True, return_tensors="pt",
+                       do_resize=False, input_data_format=CHANNELS_LAST)
+    h, w = inputs["pixel_values"].shape[-2:]
+    inputs["pixel_values"] = F.interpolate(inputs["pixel_values"], size=(size, size), mode="bilinear",
+                                           align_corners=False)
+    with torch.no_grad():
+        logits = model(**inputs).logits
+    logits = logits.reshape(len(names), size, size)  # HF squeezes the prompt axis away for one prompt
+    return F.interpolate(logits[None], size=(h, w), mode="bilinear", align_corners=False)[0].argmax(0)
+
+
+def annotate_image(image: np.ndarray, mask_set: MaskSet, models: TorchModels,
+                   params: EngineParams = EngineParams(), nlp=None) -> list[MaskLabel]:
+    """Label every mask of one image, one mask at a time. image: (H, W, 3) uint8 RGB."""
+    nlp = nlp or load_spacy()
+    size = image.shape[:2]
+    maps = {ds: semantic_map(models, ds, image).numpy() for ds in DATASETS}
+    labels = []
+    for mask, bbox in zip(mask_set.masks, mask_set.bboxes):
+        close_set = []
+        for ds in DATASETS:
+            table = class_names(ds)
+            close_set.append(table[majority_class(maps[ds], mask, len(table))])
+        patch_small = crop(image, crop_box(bbox, params.scale_small, size))
+        patch_large = crop(image, crop_box(bbox, params.scale_large, size))
+        huge_box = crop_box(bbox, params.scale_huge, size)
+        text = caption(models, patch_large, params.caption_max_length)
+        candidates = union_candidates(close_set, noun_phrases(text, nlp))
+        proposals, scores = clip_classification(models, patch_small, candidates, params.top_k)
+        winners = clipseg_segmentation(models, crop(image, huge_box), proposals, params.clipseg_size).numpy()
+        winner, share = pixel_vote(winners, crop(mask, huge_box), len(proposals))
+        labels.append(MaskLabel(proposals[winner], proposals, scores, share, text))
+    return labels

@@ -1,0 +1,145 @@
+"""SA-1B annotation documents: reading, validation and atomic writing.
+
+A document is `{"image": {"image_id", "width", "height", "file_name"}, "annotations": [ann, ...]}`.
+Every field is kept as it was; the engine only adds fields to each annotation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ssa.errors import InputError
+from ssa.masks import decode_rle
+
+BBOX_TOLERANCE = 1e-3  # pixels: bboxes are floats, allow rounding noise at the image border
+
+
+@dataclass(frozen=True)
+class MaskSet:
+    """The validated annotations of one image.
+
+    masks: (N, H, W) bool, one per annotation, in document order.
+    bboxes: (N, 4) float64 XYWH pixel boxes as in the document.
+    """
+
+    masks: np.ndarray
+    bboxes: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.masks.ndim != 3 or self.bboxes.shape != (self.masks.shape[0], 4):
+            raise ValueError(f"masks (N, H, W) and bboxes (N, 4) disagree: {self.masks.shape} vs {self.bboxes.shape}")
+
+    def __len__(self) -> int:
+        return self.masks.shape[0]
+
+
+def parse_document(text: str | bytes, source: str | Path | None = None) -> dict[str, Any]:
+    """Parse an SA-1B JSON document and check its structure (not yet against an image)."""
+    try:
+        doc = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"invalid JSON ({exc})", source) from exc
+    if not isinstance(doc, dict):
+        raise InputError("annotation file is not a JSON object", source)
+    if not isinstance(doc.get("annotations"), list):
+        raise InputError("annotation file has no 'annotations' list", source)
+    image = doc.get("image")
+    if image is not None and not isinstance(image, dict):
+        raise InputError("'image' is not an object", source)
+    for i, ann in enumerate(doc["annotations"]):
+        if not isinstance(ann, dict):
+            raise InputError(f"annotation #{i} is not an object", source)
+        for key in ("bbox", "segmentation"):
+            if key not in ann:
+                raise InputError(f"annotation {_ann_name(ann, i)} has no '{key}'", source)
+    return doc
+
+
+def read_document(path: str | Path) -> dict[str, Any]:
+    """Read and parse an SA-1B JSON file (see `parse_document`)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read annotation file ({exc.strerror})", path) from exc
+    return parse_document(data, path)
+
+
+def _ann_name(ann: dict[str, Any], index: int) -> str:
+    return f"id={ann['id']}" if "id" in ann else f"#{index}"
+
+
+def check_bbox(bbox: Any, image_size: tuple[int, int]) -> np.ndarray:
+    """Validate an XYWH bbox against `image_size` = (H, W); return it as float64 (4,)."""
+    if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
+        raise InputError(f"bbox {bbox!r} is not [x, y, w, h]")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in bbox):
+        raise InputError(f"bbox {bbox!r} has non-numeric or non-finite values")
+    x, y, w, h = (float(v) for v in bbox)
+    height, width = image_size
+    if w <= 0 or h <= 0:
+        raise InputError(f"bbox {list(bbox)} has zero or negative size")
+    if x < -BBOX_TOLERANCE or y < -BBOX_TOLERANCE or x + w > width + BBOX_TOLERANCE or y + h > height + BBOX_TOLERANCE:
+        raise InputError(f"bbox {list(bbox)} lies outside the image of width {width} and height {height}")
+    return np.array([x, y, w, h], dtype=np.float64)
+
+
+def decode_annotations(doc: dict[str, Any], image_size: tuple[int, int], source: str | Path | None = None) -> MaskSet:
+    """Validate every annotation of `doc` against the image and decode its mask.
+
+    image_size: (H, W) of the decoded image. The document's own width/height, when present,
+    must agree with it. Raises InputError naming `source` and the annotation for any problem:
+    RLE of another size, corrupt RLE, bbox outside the image or of zero size, empty mask.
+    """
+    height, width = image_size
+    image = doc.get("image") or {}
+    if "width" in image and "height" in image and (image["height"], image["width"]) != (height, width):
+        raise InputError(
+            f"annotation file says the image is {image['width']}x{image['height']} (WxH) "
+            f"but the image is {width}x{height}",
+            source,
+        )
+    anns = doc["annotations"]
+    masks = np.zeros((len(anns), height, width), dtype=bool)
+    bboxes = np.zeros((len(anns), 4), dtype=np.float64)
+    for i, ann in enumerate(anns):
+        try:
+            bboxes[i] = check_bbox(ann["bbox"], image_size)
+            masks[i] = decode_rle(ann["segmentation"], image_size)
+            if not masks[i].any():
+                raise InputError("empty mask (no pixel set)")
+        except InputError as exc:
+            raise InputError(f"annotation {_ann_name(ann, i)}: {exc.problem}", source) from exc
+    return MaskSet(masks=masks, bboxes=bboxes)
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    """Write `obj` as JSON to `path` so that the file is either whole or absent.
+
+    The data goes to a temporary file in the same folder, is flushed to disk, then renamed.
+    """
+    write_bytes_atomic(path, json.dumps(obj, ensure_ascii=False).encode("utf-8"))
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` atomically (temporary file in the same folder, fsync, rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
