@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 
 
-@lru_cache(maxsize=None)
+@cache
 def _labels() -> dict:
     return json.loads(resources.files("ssa").joinpath("data/labels.json").read_text())
 
 
-@lru_cache(maxsize=None)
+@cache
 def class_names(dataset: str) -> tuple[str, ...]:
     """Names the engine emits for `dataset` in class-index order.
 

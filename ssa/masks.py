@@ -42,7 +42,7 @@ def decode_rle(segmentation: Any, image_size: tuple[int, int]) -> np.ndarray:
     try:
         mask = mask_utils.decode(rle)
     except Exception as exc:  # pycocotools raises bare Exceptions for corrupt strings
-        raise InputError(f"RLE counts cannot be decoded ({exc})") from exc
+        raise InputError(f"RLE counts are corrupt (pycocotools: {exc})") from exc
     # pycocotools does not validate compressed counts: a corrupt string decodes to garbage of the
     # right shape. Re-encoding must give back the same string for a valid RLE.
     if isinstance(counts, str) and mask_utils.encode(np.asfortranarray(mask))["counts"].decode() != counts:

@@ -114,10 +114,11 @@ def _blip(size: str):
                pad_token_id=tok.pad_token_id, eos_token_id=tok.sep_token_id)
     if size == "tiny":
         config = BlipConfig(
+            # larger initial weights than the defaults, so random captions depend on the image
             text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                             max_position_embeddings=64, **ids),
+                             max_position_embeddings=64, initializer_range=0.2, **ids),
             vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                               image_size=384, patch_size=16, initializer_range=0.02),
+                               image_size=384, patch_size=16, initializer_range=0.2),
             projection_dim=16)
     else:  # Salesforce/blip-image-captioning-base: ViT-B/16 at 384 + BERT-base decoder with 12 heads
         config = BlipConfig(text_config=dict(num_attention_heads=12, **ids),
@@ -160,8 +161,12 @@ def _clipseg(size: str, clip_tokenizer):
 def build_random_role(role: str, size: str, clip_tokenizer, seed: int = 0):
     """(model, processor) for one role with seeded random weights; size is "tiny" or "bench"."""
     import torch
-    from transformers import (BlipForConditionalGeneration, CLIPModel, CLIPSegForImageSegmentation,
-                              OneFormerForUniversalSegmentation)
+    from transformers import (
+        BlipForConditionalGeneration,
+        CLIPModel,
+        CLIPSegForImageSegmentation,
+        OneFormerForUniversalSegmentation,
+    )
 
     torch.manual_seed(seed + ROLES.index(role))
     if role.startswith("oneformer"):
@@ -184,8 +189,13 @@ def build_random_role(role: str, size: str, clip_tokenizer, seed: int = 0):
 
 def _download_role(role: str, source: str):
     """(model, processor) of a real checkpoint: a hub id, or a local snapshot folder."""
-    from transformers import (AutoProcessor, BlipForConditionalGeneration, CLIPModel,
-                              CLIPSegForImageSegmentation, OneFormerForUniversalSegmentation)
+    from transformers import (
+        AutoProcessor,
+        BlipForConditionalGeneration,
+        CLIPModel,
+        CLIPSegForImageSegmentation,
+        OneFormerForUniversalSegmentation,
+    )
 
     cls = {"blip": BlipForConditionalGeneration, "clip": CLIPModel, "clipseg": CLIPSegForImageSegmentation}.get(
         role, OneFormerForUniversalSegmentation)

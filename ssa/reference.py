@@ -34,8 +34,13 @@ class TorchModels:
 
     @classmethod
     def load(cls, profile_dir: str | Path, device: str = "cpu") -> TorchModels:
-        from transformers import (AutoProcessor, BlipForConditionalGeneration, CLIPModel,
-                                  CLIPSegForImageSegmentation, OneFormerForUniversalSegmentation)
+        from transformers import (
+            AutoProcessor,
+            BlipForConditionalGeneration,
+            CLIPModel,
+            CLIPSegForImageSegmentation,
+            OneFormerForUniversalSegmentation,
+        )
 
         d = Path(profile_dir)
         if not (d / "profile.json").is_file():

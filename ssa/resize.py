@@ -11,11 +11,13 @@ CHUNK_BYTES = 64 << 20
 
 def _source_index(out_size: int, in_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For each output index: the two source indices and the weight of the second one."""
-    scale = in_size / out_size
-    src = np.maximum((np.arange(out_size, dtype=np.float64) + 0.5) * scale - 0.5, 0.0)
-    lo = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
+    # float32 arithmetic, as PyTorch's CPU kernel computes the source positions
+    scale = np.float32(in_size / out_size)
+    src = (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
+    src = np.maximum(src, np.float32(0.0))
+    lo = np.minimum(src.astype(np.int64), in_size - 1)
     hi = np.minimum(lo + 1, in_size - 1)
-    return lo, hi, (src - lo).astype(np.float32)
+    return lo, hi, (src - lo.astype(np.float32)).astype(np.float32)
 
 
 def _resize_rows(x: np.ndarray, rows: tuple[np.ndarray, np.ndarray, np.ndarray], cols) -> np.ndarray:

@@ -14,7 +14,14 @@ from ssa.dataset import Item
 from ssa.engine import EngineParams, MaskLabel
 from ssa.errors import InputError
 from ssa.images import load_image
-from ssa.outputs import RunSummary, annotated_document, output_paths, provenance, write_failures, write_outputs
+from ssa.outputs import (
+    RunSummary,
+    annotated_document,
+    output_paths,
+    provenance,
+    write_failures,
+    write_outputs,
+)
 from ssa.sa1b import MaskSet, decode_annotations, read_document
 
 AnnotateFn = Callable[[np.ndarray, MaskSet], list[MaskLabel]]

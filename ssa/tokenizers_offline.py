@@ -78,24 +78,18 @@ def _english_words() -> tuple[str, ...]:
 def build_blip_tokenizer(vocab_size: int):
     """A BERT WordPiece tokenizer of exactly `vocab_size` tokens laid out like BLIP's.
 
-    Ids: [PAD] 0, [unused*] 1-99, [UNK] 100, [CLS] 101, [SEP] 102, [MASK] 103, then characters and
-    words; the last two ids are [DEC] (BLIP's decoder start, bos) and [ENC].
+    Ids: [PAD] 0, [UNK] 100, [CLS] 101, [SEP] 102, [MASK] 103 as in BERT; letters, word pieces and
+    English words fill the rest (where BERT has [unused*] too, so random models emit words); the
+    last two ids are [DEC] (BLIP's decoder start, bos) and [ENC].
     """
     from transformers import BertTokenizer
 
     if vocab_size < 200:
         raise ValueError(f"BLIP vocabulary needs at least 200 tokens, got {vocab_size}")
-    tokens = ["[PAD]"] + [f"[unused{i}]" for i in range(99)] + ["[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    chars = list("abcdefghijklmnopqrstuvwxyz0123456789.,'-")
-    tokens += chars + ["##" + c for c in chars]
-    seen = set(tokens)
-    for word in _english_words():
-        if len(tokens) >= vocab_size - 2:
-            break
-        if word not in seen:
-            tokens.append(word)
-            seen.add(word)
-    tokens = tokens[: vocab_size - 2]
+    specials = {0: "[PAD]", 100: "[UNK]", 101: "[CLS]", 102: "[SEP]", 103: "[MASK]"}
+    letters = list("abcdefghijklmnopqrstuvwxyz")
+    fill = iter(letters + ["##" + c for c in letters] + [w for w in _english_words() if w not in letters])
+    tokens = [specials.get(i) or next(fill) for i in range(vocab_size - 2)]
     tok = BertTokenizer(vocab={t: i for i, t in enumerate(tokens)}, do_lower_case=True)
     tok.add_special_tokens({"bos_token": "[DEC]", "additional_special_tokens": ["[ENC]"]})
     if len(tok) != vocab_size:

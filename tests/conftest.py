@@ -1,0 +1,36 @@
+"""Shared fixtures: the tiny profile and a small example set, built once per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+MASKS_PER_IMAGE = 10  # keeps the reference pipeline at seconds per image in tests
+
+
+@pytest.fixture(scope="session")
+def tiny_profile(tmp_path_factory) -> Path:
+    from ssa.profiles import build_profile
+
+    return build_profile("tiny", tmp_path_factory.mktemp("models") / "tiny", log=lambda m: None)
+
+
+@pytest.fixture(scope="session")
+def example_dir(tmp_path_factory) -> Path:
+    from ssa.examples import build_examples
+
+    out = tmp_path_factory.mktemp("examples")
+    build_examples(out, max_masks=MASKS_PER_IMAGE)
+    return out
+
+
+@pytest.fixture(scope="session")
+def nlp():
+    from ssa.nouns import load_spacy
+
+    return load_spacy()
