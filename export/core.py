@@ -1,0 +1,128 @@
+"""Export a profile's models to ONNX and check each file against the PyTorch module it came from."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from export.specs import SPECS, ModelSpec
+
+MANIFEST = "manifest.json"
+BATCH_EXAMPLE, BATCH_CHECK = 2, 3  # export with batch >= 2; check at another batch size
+
+
+class ExportCheckError(RuntimeError):
+    """An exported model disagrees with PyTorch beyond its stated tolerance."""
+
+
+def load_role(profile_dir: Path, role: str) -> torch.nn.Module:
+    from transformers import (BlipForConditionalGeneration, CLIPModel, CLIPSegForImageSegmentation,
+                              OneFormerForUniversalSegmentation)
+
+    cls = {"blip": BlipForConditionalGeneration, "clip": CLIPModel, "clipseg": CLIPSegForImageSegmentation}.get(
+        role, OneFormerForUniversalSegmentation)
+    return cls.from_pretrained(profile_dir / role).eval()
+
+
+def _dynamic_axes(spec: ModelSpec, model) -> dict[str, dict[int, str]]:
+    axes = {}
+    for t in spec.inputs(model) + spec.outputs(model):
+        named = {i: d for i, d in enumerate(t.dims) if isinstance(d, str)}
+        if named:
+            axes[t.name] = named
+    return axes
+
+
+def export_model(spec: ModelSpec, model, path: Path) -> None:
+    """Write `spec`'s wrapper of `model` to `path` (one self-contained ONNX file)."""
+    from export.oneformer_patches import patch_oneformer_for_dynamic_hw
+
+    module = spec.wrapper(model).eval()
+    args = spec.example(model, BATCH_EXAMPLE, 0)
+    patches = patch_oneformer_for_dynamic_hw() if spec.patch_oneformer else contextlib.nullcontext()
+    with patches, torch.no_grad():
+        torch.onnx.export(module, args, str(path), input_names=[t.name for t in spec.inputs(model)],
+                          output_names=[t.name for t in spec.outputs(model)], dynamic_axes=_dynamic_axes(spec, model),
+                          dynamo=False, opset_version=17)
+
+
+def check_model(spec: ModelSpec, model, path: Path, threads: int = 2) -> dict[str, float]:
+    """Run the ONNX file and the unpatched PyTorch wrapper on fresh inputs (new batch size, new
+    sizes); return max |diff| per output; raise ExportCheckError beyond the tolerance."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    module = spec.wrapper(model).eval()
+    diffs = {}
+    for variant in (1, 2) if spec.patch_oneformer else (1,):
+        args = spec.example(model, BATCH_CHECK, variant)
+        with torch.no_grad():
+            ref = module(*args)
+        ref = ref if isinstance(ref, tuple) else (ref,)
+        feed = {t.name: a.numpy() for t, a in zip(spec.inputs(model), args)}
+        got = session.run(None, feed)
+        for t, r, g in zip(spec.outputs(model), ref, got):
+            r = r.numpy()
+            if r.shape != g.shape:
+                raise ExportCheckError(f"{spec.name}.{t.name}: ONNX shape {g.shape} != PyTorch shape {r.shape}")
+            diff = float(np.abs(r - g).max()) if r.size else 0.0
+            bound = spec.atol + spec.rtol * float(np.abs(r).max() if r.size else 0.0)
+            if not diff <= bound:
+                raise ExportCheckError(f"{spec.name}.{t.name}: max |ONNX - PyTorch| = {diff:.3e} > {bound:.3e}")
+            diffs[t.name] = max(diffs.get(t.name, 0.0), diff)
+    return diffs
+
+
+def engine_metadata(models: dict) -> dict:
+    """What the Triton models need to know beyond tensor shapes."""
+    meta = {}
+    if "clip" in models:
+        meta["clip_logit_scale"] = float(models["clip"].logit_scale.exp())
+    if "blip" in models:
+        t = models["blip"].config.text_config
+        meta["blip"] = {"bos_token_id": t.bos_token_id, "eos_token_id": t.sep_token_id,
+                        "pad_token_id": t.pad_token_id, "layers": t.num_hidden_layers}
+    return meta
+
+
+def export_profile(profile_dir: str | Path, out_dir: str | Path, names: list[str] | None = None,
+                   log=print) -> dict:
+    """Export (and check) every model of `names` (default: all) to `out_dir`; write manifest.json."""
+    profile_dir, out_dir = Path(profile_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = names or list(SPECS)
+    unknown = sorted(set(names) - set(SPECS))
+    if unknown:
+        raise ValueError(f"unknown models {unknown}; models are {', '.join(SPECS)}")
+    manifest_path = out_dir / MANIFEST
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"models": {}}
+    manifest["profile"] = json.loads((profile_dir / "profile.json").read_text())
+    models = {}
+    for name in names:
+        spec = SPECS[name]
+        if spec.role not in models:
+            models[spec.role] = load_role(profile_dir, spec.role)
+        model = models[spec.role]
+        path = out_dir / f"{name}.onnx"
+        start = time.perf_counter()
+        export_model(spec, model, path)
+        exported = time.perf_counter() - start
+        diffs = check_model(spec, model, path)
+        log(f"{name}: exported in {exported:.1f}s, {path.stat().st_size / 1e6:.1f} MB; max |ONNX - PyTorch| "
+            + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()) + f" (atol {spec.atol:g}, rtol {spec.rtol:g})")
+        manifest["models"][name] = {
+            "file": path.name,
+            "inputs": [{"name": t.name, "dtype": t.dtype, "dims": list(t.dims)} for t in spec.inputs(model)],
+            "outputs": [{"name": t.name, "dtype": t.dtype, "dims": list(t.dims)} for t in spec.outputs(model)],
+            "check": {"max_abs_diff": diffs, "atol": spec.atol, "rtol": spec.rtol},
+        }
+    manifest.setdefault("metadata", {}).update(engine_metadata(models))
+    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest

@@ -1,0 +1,235 @@
+"""Export-time patches that let ONE OneFormer ONNX graph run at any input height x width.
+
+What bakes the example's size into the graph (transformers 5.24): the pixel decoder's
+`torch.as_tensor(spatial_shapes_list)` and `get_reference_points`' `linspace` (both specialise the
+feature sizes), a data-dependent check in the deformable attention, and Swin's size-dependent
+padding/cropping branches. Each replacement below is numerically the original code
+(arange(h) + 0.5 == linspace(0.5, h - 0.5, h) in float32; zero-size pads and full-size crops are
+no-ops) and is applied only inside `patch_oneformer_for_dynamic_hw()`. Verified in
+../shared/probe/oneformer_dynamic_export.py; checked again by every export (`export.check`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+from transformers.models.oneformer import modeling_oneformer as mo
+from transformers.models.swin import modeling_swin as ms
+
+
+def _sym_long(v, device):
+    """0-dim int64 tensor from a (Sym)Int without specializing it (torch.as_tensor/torch.tensor specialize)."""
+    if isinstance(v, torch.Tensor):  # torch.jit.trace (legacy exporter) hands out sizes as 0-dim tensors
+        return v.to(device=device, dtype=torch.long)
+    return torch.full((), v, dtype=torch.long, device=device)
+
+
+def _pixel_decoder_forward(self, features, encoder_outputs=None, output_attentions=None,
+                           output_hidden_states=None, return_dict=None):
+    """Copy of OneFormerPixelDecoder.forward with `torch.as_tensor(spatial_shapes_list)` replaced."""
+    output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+    output_hidden_states = (
+        output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+    )
+    sources = []
+    position_embeddings_list = []
+    for level, source in enumerate(features[::-1][: self.num_feature_levels]):
+        sources.append(self.input_projections[level](source))
+        position_embeddings_list.append(self.position_embedding(source.shape, source.device, source.dtype))
+
+    masks = [torch.zeros((x.size(0), x.size(2), x.size(3)), device=x.device, dtype=torch.bool) for x in sources]
+
+    source_flatten = []
+    mask_flatten = []
+    lvl_pos_embed_flatten = []
+    spatial_shapes_list = []
+    for level, (source, mask, pos_embed) in enumerate(zip(sources, masks, position_embeddings_list)):
+        batch_size, num_channels, height, width = source.shape
+        spatial_shapes_list.append((height, width))
+        source = source.flatten(2).transpose(1, 2)
+        mask = mask.flatten(1)
+        pos_embed = pos_embed.flatten(2).transpose(1, 2)
+        lvl_pos_embed = pos_embed + self.level_embed[level].view(1, 1, -1)
+        lvl_pos_embed_flatten.append(lvl_pos_embed)
+        source_flatten.append(source)
+        mask_flatten.append(mask)
+    source_flatten = torch.cat(source_flatten, 1)
+    mask_flatten = torch.cat(mask_flatten, 1)
+    lvl_pos_embed_flatten = torch.cat(lvl_pos_embed_flatten, 1)
+    # PATCH: was torch.as_tensor(spatial_shapes_list, dtype=torch.long, device=...) -> specializes H/W
+    dev = source_flatten.device
+    spatial_shapes = torch.stack(
+        [torch.stack([_sym_long(h, dev), _sym_long(w, dev)]) for h, w in spatial_shapes_list])
+    level_start_index = torch.cat((spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1]))
+    valid_ratios = torch.stack([self.get_valid_ratio(m, dtype=source_flatten.dtype) for m in masks], 1)
+
+    if encoder_outputs is None:
+        encoder_outputs = self.encoder(
+            inputs_embeds=source_flatten,
+            attention_mask=mask_flatten,
+            position_embeddings=lvl_pos_embed_flatten,
+            spatial_shapes=spatial_shapes,
+            spatial_shapes_list=spatial_shapes_list,
+            level_start_index=level_start_index,
+            valid_ratios=valid_ratios,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=return_dict,
+        )
+
+    y = encoder_outputs.last_hidden_state
+    bs = y.shape[0]
+    split_size_or_sections = [height * width for height, width in spatial_shapes_list]
+    y = torch.split(y, split_size_or_sections, dim=1)
+
+    out = []
+    multi_scale_features = []
+    num_cur_levels = 0
+    for i, z in enumerate(y):
+        out.append(z.transpose(1, 2).view(bs, -1, spatial_shapes_list[i][0], spatial_shapes_list[i][1]))
+
+    for idx, feats in enumerate(features[: self.num_fpn_levels][::-1]):
+        lateral_conv = self.lateral_convs[idx]
+        output_conv = self.output_convs[idx]
+        cur_fpn = lateral_conv(feats)
+        y = cur_fpn + nn.functional.interpolate(out[-1], size=cur_fpn.shape[-2:], mode="bilinear",
+                                                align_corners=False)
+        y = output_conv(y)
+        out.append(y)
+
+    for o in out:
+        if num_cur_levels < self.num_feature_levels:
+            multi_scale_features.append(o)
+            num_cur_levels += 1
+
+    return mo.OneFormerPixelDecoderOutput(
+        mask_features=self.mask_projection(out[-1]),
+        multi_scale_features=multi_scale_features,
+        attentions=encoder_outputs.attentions,
+    )
+
+
+def _get_reference_points(spatial_shapes_list, valid_ratios, device):
+    """Copy of OneFormerPixelDecoderEncoderOnly.get_reference_points with linspace -> arange + 0.5
+    (torch.linspace(0.5, h - 0.5, h) specializes h; both give exactly i + 0.5 in float32)."""
+    reference_points_list = []
+    for lvl, (height, width) in enumerate(spatial_shapes_list):
+        ref_y, ref_x = torch.meshgrid(
+            torch.arange(height, device=device).to(valid_ratios.dtype) + 0.5,
+            torch.arange(width, device=device).to(valid_ratios.dtype) + 0.5,
+            indexing="ij",
+        )
+        ref_y = ref_y.reshape(-1)[None] / (valid_ratios[:, None, lvl, 1] * height)
+        ref_x = ref_x.reshape(-1)[None] / (valid_ratios[:, None, lvl, 0] * width)
+        ref = torch.stack((ref_x, ref_y), -1)
+        reference_points_list.append(ref)
+    reference_points = torch.cat(reference_points_list, 1)
+    reference_points = reference_points[:, :, None] * valid_ratios[:, None]
+    return reference_points
+
+
+def _msda_forward(self, hidden_states, attention_mask=None, encoder_hidden_states=None, encoder_attention_mask=None,
+                  position_embeddings=None, reference_points=None, spatial_shapes=None, level_start_index=None,
+                  output_attentions=False, spatial_shapes_list=None):
+    """Copy of OneFormerPixelDecoderEncoderMultiscaleDeformableAttention.forward without the data-dependent
+    torch_compilable_check (so TRANSFORMERS_DISABLE_TORCH_CHECK=1 is not needed)."""
+    if position_embeddings is not None:
+        hidden_states = self.with_pos_embed(hidden_states, position_embeddings)
+    batch_size, num_queries, _ = hidden_states.shape
+    batch_size, sequence_length, _ = encoder_hidden_states.shape
+    value = self.value_proj(encoder_hidden_states)
+    if attention_mask is not None:
+        value = value.masked_fill(attention_mask[..., None], float(0))
+    value = value.view(batch_size, sequence_length, self.n_heads, self.d_model // self.n_heads)
+    sampling_offsets = self.sampling_offsets(hidden_states).view(
+        batch_size, num_queries, self.n_heads, self.n_levels, self.n_points, 2)
+    attention_weights = self.attention_weights(hidden_states).view(
+        batch_size, num_queries, self.n_heads, self.n_levels * self.n_points)
+    attention_weights = nn.functional.softmax(attention_weights, -1).view(
+        batch_size, num_queries, self.n_heads, self.n_levels, self.n_points)
+    if reference_points.shape[-1] == 2:
+        offset_normalizer = torch.stack([spatial_shapes[..., 1], spatial_shapes[..., 0]], -1)
+        sampling_locations = (reference_points[:, :, None, :, None, :]
+                              + sampling_offsets / offset_normalizer[None, None, None, :, None, :])
+    elif reference_points.shape[-1] == 4:
+        sampling_locations = (reference_points[:, :, None, :, None, :2]
+                              + sampling_offsets / self.n_points * reference_points[:, :, None, :, None, 2:] * 0.5)
+    else:
+        raise ValueError(f"Last dim of reference_points must be 2 or 4, but got {reference_points.shape[-1]}")
+    output = mo.multi_scale_deformable_attention(value, spatial_shapes_list, sampling_locations, attention_weights)
+    output = self.output_proj(output)
+    return output, attention_weights
+
+
+# ---- optional Swin patches (only needed for H/W that are NOT multiples of 32, or for an example size whose
+# ---- feature maps need no window padding). All are exact no-ops numerically (padding by 0 / slicing to full size).
+def _swin_patch_embeddings_maybe_pad(self, pixel_values, height, width):
+    """SwinPatchEmbeddings.maybe_pad (modeling_swin.py:267): the `if width % patch != 0` branch is traced away."""
+    pad_w = (self.patch_size[1] - width % self.patch_size[1]) % self.patch_size[1]
+    pad_h = (self.patch_size[0] - height % self.patch_size[0]) % self.patch_size[0]
+    return nn.functional.pad(pixel_values, (0, pad_w, 0, pad_h))
+
+
+def _swin_patch_merging_maybe_pad(self, input_feature, height, width):
+    """SwinPatchMerging.maybe_pad (modeling_swin.py:303): the `if height % 2 == 1 or width % 2 == 1` branch."""
+    return nn.functional.pad(input_feature, (0, 0, 0, width % 2, 0, height % 2))
+
+
+def _swin_layer_forward(self, hidden_states, input_dimensions, always_partition=False, **kwargs):
+    """Copy of SwinLayer.forward (modeling_swin.py:529) that always crops the window padding
+    (original: `if pad_values[3] > 0 or pad_values[5] > 0:` -> branch fixed by the example size)."""
+    if not always_partition:
+        self.set_shift_and_window_size(input_dimensions)
+    height, width = input_dimensions
+    batch_size, _, channels = hidden_states.size()
+    shortcut = hidden_states
+    hidden_states = self.layernorm_before(hidden_states)
+    hidden_states = hidden_states.view(batch_size, height, width, channels)
+    hidden_states, pad_values = self.maybe_pad(hidden_states, height, width)
+    _, height_pad, width_pad, _ = hidden_states.shape
+    hidden_states_windows = ms.window_partition(self.cyclic_shift(hidden_states), self.window_size)
+    hidden_states_windows = hidden_states_windows.view(-1, self.window_size * self.window_size, channels)
+    attn_mask = self.get_attn_mask(height_pad, width_pad, dtype=hidden_states.dtype,
+                                   device=hidden_states_windows.device)
+    attention_output, attn_weights = self.attention(hidden_states_windows, attn_mask, **kwargs)
+    attention_output = self.dropout(attention_output)
+    attention_windows = attention_output.view(-1, self.window_size, self.window_size, channels)
+    attention_windows = self.cyclic_shift(
+        ms.window_reverse(attention_windows, self.window_size, height_pad, width_pad), reverse=True)
+    attention_windows = attention_windows[:, :height, :width, :].contiguous()  # PATCH: unconditional
+    attention_windows = attention_windows.view(batch_size, height * width, channels)
+    hidden_states = shortcut + self.drop_path(attention_windows)
+    residual = hidden_states
+    hidden_states = self.layernorm_after(hidden_states)
+    hidden_states = self.mlp(hidden_states)
+    hidden_states = self.dropout(hidden_states) + residual
+    return hidden_states, attn_weights
+
+
+@contextlib.contextmanager
+def patch_oneformer_for_dynamic_hw(swin=True):
+    """Monkeypatch the three OneFormer code paths that bake H/W into the exported graph (export time only)."""
+    saved = [
+        (mo.OneFormerPixelDecoder, "forward", mo.OneFormerPixelDecoder.__dict__["forward"]),
+        (mo.OneFormerPixelDecoderEncoderOnly, "get_reference_points",
+         mo.OneFormerPixelDecoderEncoderOnly.__dict__["get_reference_points"]),
+        (mo.OneFormerPixelDecoderEncoderMultiscaleDeformableAttention, "forward",
+         mo.OneFormerPixelDecoderEncoderMultiscaleDeformableAttention.__dict__["forward"]),
+    ]
+    if swin:
+        saved += [(ms.SwinPatchEmbeddings, "maybe_pad", ms.SwinPatchEmbeddings.__dict__["maybe_pad"]),
+                  (ms.SwinPatchMerging, "maybe_pad", ms.SwinPatchMerging.__dict__["maybe_pad"]),
+                  (ms.SwinLayer, "forward", ms.SwinLayer.__dict__["forward"])]
+        ms.SwinPatchEmbeddings.maybe_pad = _swin_patch_embeddings_maybe_pad
+        ms.SwinPatchMerging.maybe_pad = _swin_patch_merging_maybe_pad
+        ms.SwinLayer.forward = _swin_layer_forward
+    mo.OneFormerPixelDecoder.forward = _pixel_decoder_forward
+    mo.OneFormerPixelDecoderEncoderOnly.get_reference_points = staticmethod(_get_reference_points)
+    mo.OneFormerPixelDecoderEncoderMultiscaleDeformableAttention.forward = _msda_forward
+    try:
+        yield
+    finally:
+        for cls, name, fn in saved:
+            setattr(cls, name, fn)

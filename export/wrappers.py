@@ -1,0 +1,173 @@
+"""Export-only wrapper modules: each turns one part of a Hugging Face model into a function of
+plain tensors with the names and shapes the Triton models use."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class OneFormerSemanticScores(nn.Module):
+    """(pixel_values (B, 3, H, W) f32, task_inputs (B, 77) i64) -> semantic_scores (B, C, H/4, W/4) f32.
+
+    SPEC.md's semantic map before the resize: per query the class softmax without its last ("no
+    object") column, times the query's mask sigmoid, summed over queries.
+    """
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values, task_inputs):
+        out = self.model(pixel_values=pixel_values, task_inputs=task_inputs, output_auxiliary_logits=False)
+        classes = out.class_queries_logits.softmax(dim=-1)[..., :-1]
+        masks = out.masks_queries_logits.sigmoid()
+        return torch.einsum("bqc,bqhw->bchw", classes, masks)
+
+
+def _normalise(x):
+    return x / x.norm(p=2, dim=-1, keepdim=True)
+
+
+class ClipImageEncoder(nn.Module):
+    """pixel_values (B, 3, 224, 224) -> image_embeds (B, E), L2-normalised projections."""
+
+    def __init__(self, clip):
+        super().__init__()
+        self.clip = clip
+
+    def forward(self, pixel_values):
+        pooled = self.clip.vision_model(pixel_values=pixel_values).pooler_output
+        return _normalise(self.clip.visual_projection(pooled))
+
+
+class ClipTextEncoder(nn.Module):
+    """(input_ids, attention_mask) (B, 77) i64 -> text_embeds (B, E), L2-normalised projections."""
+
+    def __init__(self, clip):
+        super().__init__()
+        self.clip = clip
+
+    def forward(self, input_ids, attention_mask):
+        pooled = self.clip.text_model(input_ids=input_ids, attention_mask=attention_mask).pooler_output
+        return _normalise(self.clip.text_projection(pooled))
+
+
+class ClipSegVisual(nn.Module):
+    """pixel_values (B, 3, S, S) -> the activations of the extract layers, each (B, T, D).
+
+    Runs the vision transformer only up to the last extract layer; with the positional encoding
+    interpolated to S, as CLIPSegForImageSegmentation does by default.
+    """
+
+    def __init__(self, model):
+        super().__init__()
+        self.vision = model.clip.vision_model
+        self.extract = list(model.config.extract_layers)
+        self.layers = self.vision.encoder.layers[: max(self.extract) + 1]
+
+    def forward(self, pixel_values):
+        h = self.vision.pre_layrnorm(self.vision.embeddings(pixel_values, interpolate_pos_encoding=True))
+        acts = []
+        for i, layer in enumerate(self.layers):
+            h = layer(h, attention_mask=None)
+            if isinstance(h, tuple):
+                h = h[0]
+            if i in self.extract:
+                acts.append(h)
+        return tuple(acts)
+
+
+class ClipSegText(nn.Module):
+    """(input_ids, attention_mask) (B, 77) -> conditional embeddings (B, P) (projected, not normalised)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.clip = model.clip
+
+    def forward(self, input_ids, attention_mask):
+        pooled = self.clip.text_model(input_ids=input_ids, attention_mask=attention_mask).pooler_output
+        return self.clip.text_projection(pooled)
+
+
+class ClipSegDecoder(nn.Module):
+    """(act_i (M, T, D) for each extract layer, cond (M, K, P)) -> logits (M, K, S, S).
+
+    Each of the M crops is decoded against its K prompts; the backbone ran once per crop.
+    """
+
+    def __init__(self, model):
+        super().__init__()
+        self.decoder = model.decoder
+
+    def forward(self, *inputs):
+        *acts, cond = inputs
+        m, k = cond.shape[0], cond.shape[1]
+        acts = [a.repeat_interleave(k, dim=0) for a in acts]
+        logits = self.decoder(acts, cond.reshape(m * k, cond.shape[2])).logits
+        return logits.reshape(m, k, logits.shape[-2], logits.shape[-1])
+
+
+class BlipVision(nn.Module):
+    """pixel_values (B, 3, 384, 384) -> image_embeds (B, S, D)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.vision = model.vision_model
+
+    def forward(self, pixel_values):
+        return self.vision(pixel_values=pixel_values).last_hidden_state
+
+
+class BlipTextPrefill(nn.Module):
+    """(input_ids (B, 1), image_embeds (B, S, D)) -> logits (B, V), then per layer self k, v
+    (B, H, 1, hd), then per layer cross k, v (B, H, S, hd)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.decoder = model.text_decoder
+        self.layers = model.config.text_config.num_hidden_layers
+
+    def forward(self, input_ids, image_embeds):
+        from transformers import DynamicCache, EncoderDecoderCache
+
+        cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        out = self.decoder(input_ids=input_ids, encoder_hidden_states=image_embeds, cache=cache, use_cache=True)
+        c = out.cache
+        res = [out.logits[:, -1, :]]
+        for i in range(self.layers):
+            res += [c.self_attention_cache.layers[i].keys, c.self_attention_cache.layers[i].values]
+        for i in range(self.layers):
+            res += [c.cross_attention_cache.layers[i].keys, c.cross_attention_cache.layers[i].values]
+        return tuple(res)
+
+
+class BlipTextStep(nn.Module):
+    """(input_ids (B, 1), past self k, v per layer (B, H, T, hd), cross k, v per layer) ->
+    logits (B, V), present self k, v per layer (B, H, T + 1, hd)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.decoder = model.text_decoder
+        self.layers = model.config.text_config.num_hidden_layers
+
+    def forward(self, input_ids, *kv):
+        from transformers import DynamicCache, EncoderDecoderCache
+
+        n = self.layers
+        self_kv, cross_kv = kv[: 2 * n], kv[2 * n :]
+        cache = EncoderDecoderCache(
+            DynamicCache(ddp_cache_data=[(self_kv[2 * i], self_kv[2 * i + 1]) for i in range(n)]),
+            DynamicCache(ddp_cache_data=[(cross_kv[2 * i], cross_kv[2 * i + 1]) for i in range(n)]),
+        )
+        for i in range(n):
+            cache.is_updated[i] = True
+        # encoder_hidden_states only switches cross-attention on; k/v come from the cache
+        ck = cross_kv[0]
+        enc = ck.transpose(1, 2).reshape(ck.shape[0], ck.shape[2], -1)
+        out = self.decoder(input_ids=input_ids, encoder_hidden_states=enc, cache=cache, use_cache=True)
+        c = out.cache
+        res = [out.logits[:, -1, :]]
+        for i in range(n):
+            res += [c.self_attention_cache.layers[i].keys, c.self_attention_cache.layers[i].values]
+        return tuple(res)
