@@ -42,8 +42,9 @@ class Processors:
         """{"pixel_values": (1, 3, h, w) float32, "task_inputs": (1, 77) int64} for the "semantic" task."""
         out = self.oneformer[dataset](images=image, task_inputs=["semantic"], return_tensors="np",
                                       input_data_format=CHANNELS_LAST)
-        return {"pixel_values": out["pixel_values"].astype(np.float32),
-                "task_inputs": out["task_inputs"].astype(np.int64)}
+        # OneFormerProcessor returns task_inputs as a torch tensor whatever return_tensors says
+        return {"pixel_values": np.asarray(out["pixel_values"], dtype=np.float32),
+                "task_inputs": np.asarray(out["task_inputs"], dtype=np.int64)}
 
     def blip_pixels(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         """(N, 3, S, S) float32 pixel values of BLIP's processor (resize + normalise)."""
