@@ -1,0 +1,1 @@
+"""The gRPC client of the `ssa_engine` Triton model."""

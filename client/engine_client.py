@@ -1,0 +1,63 @@
+"""Requests to `ssa_engine` over gRPC: one image (encoded bytes) + its SA-1B document in, one
+`MaskLabel` per annotation out."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from ssa.engine import EngineParams, MaskLabel
+
+MODEL = "ssa_engine"
+OUTPUTS = ("class_name", "class_proposals", "proposal_scores", "vote_share", "caption")
+
+
+class EngineRequestError(RuntimeError):
+    """The server answered the request with an error (e.g. invalid input)."""
+
+
+def build_inputs(image_bytes: bytes, document_bytes: bytes, params: EngineParams | None = None):
+    import tritonclient.grpc as grpcclient
+
+    tensors = [("image", image_bytes), ("annotations", document_bytes)]
+    if params is not None:
+        tensors.append(("params", json.dumps(params.to_dict()).encode()))
+    inputs = []
+    for name, value in tensors:
+        t = grpcclient.InferInput(name, [1, 1], "BYTES")
+        t.set_data_from_numpy(np.array([[value]], dtype=object))
+        inputs.append(t)
+    return inputs
+
+
+def _text(v) -> str:
+    return v.decode("utf-8") if isinstance(v, bytes) else str(v)
+
+
+def parse_result(result) -> list[MaskLabel]:
+    """MaskLabels from an InferResult of `ssa_engine` (batch of one)."""
+    names = result.as_numpy("class_name")[0]
+    proposals = result.as_numpy("class_proposals")[0]
+    scores = result.as_numpy("proposal_scores")[0]
+    votes = result.as_numpy("vote_share")[0]
+    captions = result.as_numpy("caption")[0]
+    labels = []
+    for i in range(names.shape[0]):
+        props = [_text(p) for p in proposals[i] if _text(p)]
+        labels.append(MaskLabel(_text(names[i]), props, [float(s) for s in scores[i][: len(props)]],
+                                float(votes[i]), _text(captions[i])))
+    return labels
+
+
+def annotate(client, image_bytes: bytes, document_bytes: bytes, params: EngineParams | None = None,
+             timeout: float | None = None) -> list[MaskLabel]:
+    """One synchronous request; raises EngineRequestError with the server's message."""
+    from tritonclient.utils import InferenceServerException
+
+    try:
+        result = client.infer(MODEL, build_inputs(image_bytes, document_bytes, params),
+                              outputs=None, client_timeout=timeout)
+    except InferenceServerException as exc:
+        raise EngineRequestError(exc.message() or str(exc)) from exc
+    return parse_result(result)

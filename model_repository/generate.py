@@ -1,0 +1,159 @@
+"""Write a Triton model repository for one profile and one target from the exported ONNX files.
+
+Targets share tensor names, shapes and types; only how each compute model runs differs:
+- cpu: every ONNX model is a Python model running ONNX Runtime (the embedded tritonserver has only
+  the Python backend), instances on the CPU, threads set for the machine.
+- gpu: the ONNX models run natively on `onnxruntime_onnx` with the TensorRT accelerator (fp16), or
+  as `tensorrt_plan` where `model.plan` engines were built; instances on GPUs.
+Both: `blip_caption` (the decoding loop with its key/value cache) and `ssa_engine` (BLS) are
+Python models over the `ssa` package.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from ssa.engine import EngineParams
+
+MODELS_SRC = Path(__file__).parent / "models"
+TARGETS = ("cpu", "gpu")
+# compute models served from one ONNX file each (the BLIP text graphs belong to blip_caption)
+COMPUTE = ("oneformer_coco", "oneformer_ade20k", "blip_vision", "clip_image", "clip_text",
+           "clipseg_visual", "clipseg_text", "clipseg_decoder")
+MAX_BATCH = {"oneformer_coco": 2, "oneformer_ade20k": 2}
+DEFAULT_MAX_BATCH = 32
+ENGINE_MAX_BATCH = 8
+TRITON_TYPE = {"FP32": "TYPE_FP32", "INT64": "TYPE_INT64", "INT32": "TYPE_INT32", "STRING": "TYPE_STRING"}
+
+
+def _dims(dims: list) -> str:
+    return "[ " + ", ".join(str(d) if isinstance(d, int) else "-1" for d in dims) + " ]"
+
+
+def _tensor(t: dict, optional: bool = False) -> str:
+    dims = t["dims"][1:] if t["dims"] and t["dims"][0] == "batch" else t["dims"]
+    extra = "\n    optional: true" if optional else ""
+    return (f"  {{\n    name: \"{t['name']}\"\n    data_type: {TRITON_TYPE[t['dtype']]}\n"
+            f"    dims: {_dims(dims)}{extra}\n  }}")
+
+
+def _params(params: dict[str, str]) -> str:
+    return "".join(f"parameters {{\n  key: \"{k}\"\n  value: {{ string_value: \"{v}\" }}\n}}\n"
+                   for k, v in params.items())
+
+
+def model_config(name: str, inputs: list[dict], outputs: list[dict], max_batch: int, backend: str,
+                 instance_kind: str, instances: int = 1, params: dict[str, str] | None = None,
+                 optional: tuple[str, ...] = (), extra: str = "") -> str:
+    """The text of one config.pbtxt."""
+    lines = [f'name: "{name}"', backend, f"max_batch_size: {max_batch}"]
+    if max_batch > 0:
+        lines.append("dynamic_batching {\n  max_queue_delay_microseconds: 2000\n}")
+    lines.append("input [\n" + ",\n".join(_tensor(t, t["name"] in optional) for t in inputs) + "\n]")
+    lines.append("output [\n" + ",\n".join(_tensor(t) for t in outputs) + "\n]")
+    lines.append(f"instance_group [\n  {{\n    kind: {instance_kind}\n    count: {instances}\n  }}\n]")
+    text = "\n".join(lines) + "\n" + _params(params or {}) + extra
+    return text
+
+
+TENSORRT_FP16 = """optimization {
+  execution_accelerators {
+    gpu_execution_accelerator: [
+      {
+        name: "tensorrt"
+        parameters { key: "precision_mode" value: "FP16" }
+        parameters { key: "max_workspace_size_bytes" value: "4294967296" }
+        parameters { key: "trt_engine_cache_enable" value: "true" }
+      }
+    ]
+  }
+}
+"""
+
+ENGINE_INPUTS = [{"name": "image", "dtype": "STRING", "dims": ["batch", 1]},
+                 {"name": "annotations", "dtype": "STRING", "dims": ["batch", 1]},
+                 {"name": "params", "dtype": "STRING", "dims": ["batch", 1]}]
+ENGINE_OUTPUTS = [{"name": "class_name", "dtype": "STRING", "dims": ["batch", "masks"]},
+                  {"name": "class_proposals", "dtype": "STRING", "dims": ["batch", "masks", "k"]},
+                  {"name": "proposal_scores", "dtype": "FP32", "dims": ["batch", "masks", "k"]},
+                  {"name": "vote_share", "dtype": "FP32", "dims": ["batch", "masks"]},
+                  {"name": "caption", "dtype": "STRING", "dims": ["batch", "masks"]}]
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def generate_repository(export_dir: str | Path, profile_dir: str | Path, out_dir: str | Path, target: str = "cpu",
+                        threads: int = 2, engine_instances: int = 1, params: EngineParams = EngineParams()) -> Path:
+    """Write the repository to `out_dir` (replacing it); returns out_dir."""
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}; targets are {', '.join(TARGETS)}")
+    export_dir, profile_dir, out_dir = Path(export_dir), Path(profile_dir), Path(out_dir)
+    manifest = json.loads((export_dir / "manifest.json").read_text())
+    missing = [m for m in (*COMPUTE, "blip_text_prefill", "blip_text_step") if m not in manifest["models"]]
+    if missing:
+        raise FileNotFoundError(f"{export_dir}: no export of {missing}; run `python -m export` first")
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir(parents=True)
+    thread_params = {"intra_op_threads": str(threads)}
+    cpu = "KIND_CPU"
+    gpu = "KIND_GPU" if target == "gpu" else cpu
+
+    for name in COMPUTE:
+        spec = manifest["models"][name]
+        version = out_dir / name / "1"
+        plan = export_dir / f"{name}.plan"
+        if target == "gpu" and plan.exists():
+            backend, extra = 'platform: "tensorrt_plan"', ""
+            _link_or_copy(plan, version / "model.plan")
+        elif target == "gpu":
+            backend, extra = 'platform: "onnxruntime_onnx"', TENSORRT_FP16
+            _link_or_copy(export_dir / spec["file"], version / "model.onnx")
+        else:
+            backend, extra = 'backend: "python"', ""
+            _link_or_copy(export_dir / spec["file"], version / "model.onnx")
+            shutil.copy2(MODELS_SRC / "onnx_runtime" / "model.py", version / "model.py")
+        (out_dir / name / "config.pbtxt").write_text(model_config(
+            name, spec["inputs"], spec["outputs"], MAX_BATCH.get(name, DEFAULT_MAX_BATCH), backend, gpu,
+            params=thread_params if target == "cpu" else None, extra=extra))
+
+    meta = manifest["metadata"]
+    prefill = manifest["models"]["blip_text_prefill"]
+    embeds = next(t for t in prefill["inputs"] if t["name"] == "image_embeds")
+    version = out_dir / "blip_caption" / "1"
+    for part in ("blip_text_prefill", "blip_text_step"):
+        _link_or_copy(export_dir / manifest["models"][part]["file"], version / f"{part}.onnx")
+    shutil.copy2(MODELS_SRC / "blip_caption" / "model.py", version / "model.py")
+    (out_dir / "blip_caption" / "config.pbtxt").write_text(model_config(
+        "blip_caption", [embeds, {"name": "max_length", "dtype": "INT32", "dims": ["batch", 1]}],
+        [{"name": "token_ids", "dtype": "INT64", "dims": ["batch", "tokens"]}], DEFAULT_MAX_BATCH,
+        'backend: "python"', gpu, optional=("max_length",),
+        params={**thread_params, **{k: str(v) for k, v in meta["blip"].items()},
+                "max_length": str(params.caption_max_length),
+                "execution_provider": "cuda" if target == "gpu" else "cpu"}))
+
+    version = out_dir / "ssa_engine" / "1"
+    version.mkdir(parents=True)
+    shutil.copy2(MODELS_SRC / "ssa_engine" / "model.py", version / "model.py")
+    for role_dir in sorted(p for p in profile_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for f in role_dir.iterdir():
+            if f.is_file() and not f.name.endswith((".safetensors", ".bin", ".pt")):
+                _link_or_copy(f, version / "processors" / role_dir.name / f.name)
+    acts = [t["name"] for t in manifest["models"]["clipseg_visual"]["outputs"]]
+    (out_dir / "ssa_engine" / "config.pbtxt").write_text(model_config(
+        "ssa_engine", ENGINE_INPUTS, ENGINE_OUTPUTS, ENGINE_MAX_BATCH, 'backend: "python"', cpu,
+        instances=engine_instances, optional=("params",),
+        params={"clip_logit_scale": repr(meta["clip_logit_scale"]), "clipseg_acts": ",".join(acts),
+                "sub_max_batch_size": str(DEFAULT_MAX_BATCH),
+                "engine_params": json.dumps(params.to_dict()).replace('"', '\\"'),
+                "profile": manifest["profile"].get("profile", "")}))
+    (out_dir / "manifest.json").write_text(json.dumps({"target": target, "export": manifest}, indent=2) + "\n")
+    return out_dir
