@@ -78,7 +78,7 @@ def cmd_reference(args: argparse.Namespace) -> int:
     params = params_from(args)
     items = folder_items(args.data_dir)
     models = TorchModels.load(profile_dir(args))
-    summary = run_in_process(items, args.out_dir, lambda image, masks: annotate_image(image, masks, models, params),
+    summary = run_in_process(items, args.out_dir, lambda item, image, masks: annotate_image(image, masks, models, params),
                              engine="reference (PyTorch, one mask at a time)", profile=models.profile, params=params,
                              save_img=args.save_img, overwrite=args.overwrite)
     return 1 if summary.failures else 0

@@ -24,7 +24,8 @@ from ssa.outputs import (
 )
 from ssa.sa1b import MaskSet, decode_annotations, read_document
 
-AnnotateFn = Callable[[np.ndarray, MaskSet], list[MaskLabel]]
+# (item, image (H, W, 3) uint8, validated masks) -> one label per mask
+AnnotateFn = Callable[[Item, np.ndarray, MaskSet], list[MaskLabel]]
 
 
 def load_item(item: Item) -> tuple[np.ndarray, dict, MaskSet]:
@@ -51,7 +52,7 @@ def run_in_process(items: Sequence[Item], out_dir: str | Path, annotate: Annotat
             continue
         try:
             image, doc, masks = load_item(item)
-            labels = annotate(image, masks)
+            labels = annotate(item, image, masks)
             document = annotated_document(doc, labels, prov)
             write_outputs(out_dir, item.stem, document, image if save_img else None, masks.masks if save_img else None)
         except InputError as exc:

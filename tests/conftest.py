@@ -34,3 +34,13 @@ def nlp():
     from ssa.nouns import load_spacy
 
     return load_spacy()
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tiny_profile, tmp_path_factory) -> Path:
+    """The tiny profile exported to ONNX (every file checked against PyTorch by the export)."""
+    from export.core import export_profile
+
+    out = tmp_path_factory.mktemp("onnx")
+    export_profile(tiny_profile, out, log=lambda m: None)
+    return out

@@ -1,0 +1,119 @@
+"""The real embedded tritonserver on the tiny profile: labels equal to the reference pipeline's on
+every mask of the example set; bad requests get their own error; the gpu target's configs parse
+with Triton's schema and agree with the cpu target's."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from client.engine_client import EngineRequestError, annotate
+from model_repository.generate import generate_repository
+from model_repository.server import EmbeddedServer
+from ssa.dataset import folder_items
+from ssa.reference import TorchModels
+from ssa.reference import annotate_image as reference_annotate
+from ssa.runner import load_item
+
+
+@pytest.fixture(scope="session")
+def repositories(tiny_profile, tiny_export, tmp_path_factory):
+    root = tmp_path_factory.mktemp("repository")
+    return {target: generate_repository(tiny_export, tiny_profile, root / target, target) for target in ("cpu", "gpu")}
+
+
+@pytest.fixture(scope="module")
+def server(repositories, tmp_path_factory):
+    with EmbeddedServer(repositories["cpu"], log_path=tmp_path_factory.mktemp("log") / "triton.log") as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def grpc_client(server):
+    import tritonclient.grpc as grpcclient
+
+    return grpcclient.InferenceServerClient(server.url)
+
+
+def test_parity_with_reference_on_every_mask(tiny_profile, example_dir, grpc_client):
+    models = TorchModels.load(tiny_profile)
+    compared = 0
+    for item in folder_items(example_dir):
+        image, _, masks = load_item(item)
+        expected = reference_annotate(image, masks, models)
+        got = annotate(grpc_client, item.image.read_bytes(), item.annotations.read_bytes())
+        assert len(got) == len(expected) == len(masks)
+        for i, (g, e) in enumerate(zip(got, expected)):
+            assert (g.class_name, g.class_proposals) == (e.class_name, e.class_proposals), (item.stem, i)
+            assert g.caption == e.caption
+            assert g.proposal_scores == pytest.approx(e.proposal_scores, abs=1e-4)
+            assert g.vote_share == pytest.approx(e.vote_share, abs=0.02)
+        compared += len(masks)
+    assert compared == 60
+
+
+def test_bad_requests_fail_alone_in_a_batch(example_dir, grpc_client):
+    good = [(example_dir / f"sa_{i}.jpg").read_bytes() for i in (2, 5)]
+    docs = [(example_dir / f"sa_{i}.json").read_bytes() for i in (2, 5)]
+    doc = json.loads(docs[0])
+    doc["annotations"][0]["segmentation"]["counts"] = "###corrupt###"
+    requests = [(good[0], docs[0]), (b"not an image", docs[0]), (good[0], json.dumps(doc).encode()),
+                (good[1], docs[1]), (good[1], b"{broken json")]
+
+    def send(req):
+        try:
+            return annotate(grpc_client, *req)
+        except EngineRequestError as exc:
+            return exc
+
+    with ThreadPoolExecutor(len(requests)) as pool:  # sent together, so Triton batches them
+        results = list(pool.map(send, requests))
+    assert not isinstance(results[0], Exception) and not isinstance(results[3], Exception)
+    assert len(results[0]) == len(json.loads(docs[0])["annotations"])
+    assert "unreadable image" in str(results[1])
+    assert "RLE counts are corrupt" in str(results[2]) and "annotation id=" in str(results[2])
+    assert "invalid JSON" in str(results[4])
+
+
+def test_engine_parameters_are_honoured(example_dir, grpc_client):
+    from ssa.engine import EngineParams
+
+    labels = annotate(grpc_client, (example_dir / "sa_3.jpg").read_bytes(), (example_dir / "sa_3.json").read_bytes(),
+                      EngineParams(top_k=1))
+    assert all(len(lab.class_proposals) == 1 and lab.class_name == lab.class_proposals[0] for lab in labels)
+
+
+def _configs(repo: Path) -> dict:
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    out = {}
+    for path in sorted(repo.glob("*/config.pbtxt")):
+        out[path.parent.name] = text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+    return out
+
+
+def test_gpu_configs_parse_and_agree_with_cpu(repositories):
+    cpu, gpu = _configs(repositories["cpu"]), _configs(repositories["gpu"])
+    assert set(cpu) == set(gpu) and "ssa_engine" in cpu and len(cpu) == 10
+    for name, c in cpu.items():
+        g = gpu[name]
+        assert c.max_batch_size == g.max_batch_size
+        for a, b in ((c.input, g.input), (c.output, g.output)):
+            assert [(t.name, t.data_type, list(t.dims)) for t in a] == [(t.name, t.data_type, list(t.dims)) for t in b]
+        if name not in ("ssa_engine", "blip_caption"):
+            assert c.backend == "python" and g.platform == "onnxruntime_onnx"
+            assert g.instance_group[0].kind == g.instance_group[0].KIND_GPU
+            accel = g.optimization.execution_accelerators.gpu_execution_accelerator[0]
+            assert accel.name == "tensorrt" and accel.parameters["precision_mode"] == "FP16"
+            assert (repositories["gpu"] / name / "1" / "model.onnx").is_file()
+
+
+def test_server_reports_unusable_repository(tmp_path):
+    from model_repository.server import ServerError
+
+    with pytest.raises(ServerError, match="not a generated model repository"):
+        EmbeddedServer(tmp_path).start()
