@@ -21,8 +21,12 @@ class ExportCheckError(RuntimeError):
 
 
 def load_role(profile_dir: Path, role: str) -> torch.nn.Module:
-    from transformers import (BlipForConditionalGeneration, CLIPModel, CLIPSegForImageSegmentation,
-                              OneFormerForUniversalSegmentation)
+    from transformers import (
+        BlipForConditionalGeneration,
+        CLIPModel,
+        CLIPSegForImageSegmentation,
+        OneFormerForUniversalSegmentation,
+    )
 
     cls = {"blip": BlipForConditionalGeneration, "clip": CLIPModel, "clipseg": CLIPSegForImageSegmentation}.get(
         role, OneFormerForUniversalSegmentation)

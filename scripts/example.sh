@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
-# Set up (if needed), build the example set and the tiny models, and annotate the example set.
+# The main job: set up (if needed), build the example set and a profile's models, export them to
+# ONNX (each file checked against PyTorch), generate the Triton model repository, start the
+# embedded tritonserver and annotate the example set through it over gRPC.
 # PROFILE=bench uses real-size random models (slow on a CPU); light/full need real checkpoints.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
+export TRANSFORMERS_VERBOSITY=error
 PROFILE=${PROFILE:-tiny}
 [ -f artifacts/examples/sa_1.json ] || ssa examples --out artifacts/examples
-ssa reference --profile "$PROFILE" --data_dir artifacts/examples --out_dir "artifacts/out/$PROFILE" --save_img
+[ -f "artifacts/models/$PROFILE/profile.json" ] || ssa models --profile "$PROFILE"
+[ -f "artifacts/onnx/$PROFILE/manifest.json" ] || python -m export --profile "$PROFILE"
+python -m model_repository generate --profile "$PROFILE" --target cpu
+python -m client --embedded "artifacts/repository/$PROFILE-cpu" --data_dir artifacts/examples \
+  --out_dir "artifacts/out/$PROFILE" --save_img
 echo "outputs: artifacts/out/$PROFILE/*_semantic.json and *_semantic.png"
