@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from export.specs import SPECS, ModelSpec
+from ssa.profiles import load_role_model
 
 MANIFEST = "manifest.json"
 BATCH_EXAMPLE, BATCH_CHECK = 2, 3  # export with batch >= 2; check at another batch size
@@ -21,16 +22,7 @@ class ExportCheckError(RuntimeError):
 
 
 def load_role(profile_dir: Path, role: str) -> torch.nn.Module:
-    from transformers import (
-        BlipForConditionalGeneration,
-        CLIPModel,
-        CLIPSegForImageSegmentation,
-        OneFormerForUniversalSegmentation,
-    )
-
-    cls = {"blip": BlipForConditionalGeneration, "clip": CLIPModel, "clipseg": CLIPSegForImageSegmentation}.get(
-        role, OneFormerForUniversalSegmentation)
-    return cls.from_pretrained(profile_dir / role).eval()
+    return load_role_model(profile_dir / role, role)
 
 
 def _dynamic_axes(spec: ModelSpec, model) -> dict[str, dict[int, str]]:

@@ -187,19 +187,32 @@ def build_random_role(role: str, size: str, clip_tokenizer, seed: int = 0):
     return model.eval(), processor
 
 
-def _download_role(role: str, source: str):
-    """(model, processor) of a real checkpoint: a hub id, or a local snapshot folder."""
+def model_class(role: str):
+    """The transformers class of a role's model."""
     from transformers import (
-        AutoProcessor,
         BlipForConditionalGeneration,
         CLIPModel,
         CLIPSegForImageSegmentation,
         OneFormerForUniversalSegmentation,
     )
 
-    cls = {"blip": BlipForConditionalGeneration, "clip": CLIPModel, "clipseg": CLIPSegForImageSegmentation}.get(
-        role, OneFormerForUniversalSegmentation)
-    return cls.from_pretrained(source).eval(), AutoProcessor.from_pretrained(source)
+    classes = {"oneformer_coco": OneFormerForUniversalSegmentation, "oneformer_ade20k": OneFormerForUniversalSegmentation,
+               "blip": BlipForConditionalGeneration, "clip": CLIPModel, "clipseg": CLIPSegForImageSegmentation}
+    if role not in classes:
+        raise ValueError(f"unknown role {role!r}; roles are {', '.join(ROLES)}")
+    return classes[role]
+
+
+def load_role_model(source: str | Path, role: str):
+    """A role's model in eval mode from a `save_pretrained` folder (or a hub id)."""
+    return model_class(role).from_pretrained(source).eval()
+
+
+def _download_role(role: str, source: str):
+    """(model, processor) of a real checkpoint: a hub id, or a local snapshot folder."""
+    from transformers import AutoProcessor
+
+    return load_role_model(source, role), AutoProcessor.from_pretrained(source)
 
 
 def build_profile(profile: str, out_dir: str | Path, snapshot_dir: str | Path | None = None,

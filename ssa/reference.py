@@ -19,7 +19,7 @@ from ssa.geometry import crop, crop_box
 from ssa.labels import class_names
 from ssa.nouns import load_spacy, noun_phrases
 from ssa.preprocess import CHANNELS_LAST
-from ssa.profiles import ROLES
+from ssa.profiles import ROLES, load_role_model
 from ssa.sa1b import MaskSet
 from ssa.voting import majority_class, pixel_vote
 
@@ -34,22 +34,14 @@ class TorchModels:
 
     @classmethod
     def load(cls, profile_dir: str | Path, device: str = "cpu") -> TorchModels:
-        from transformers import (
-            AutoProcessor,
-            BlipForConditionalGeneration,
-            CLIPModel,
-            CLIPSegForImageSegmentation,
-            OneFormerForUniversalSegmentation,
-        )
+        from transformers import AutoProcessor
 
         d = Path(profile_dir)
         if not (d / "profile.json").is_file():
             raise FileNotFoundError(f"{d} is not a profile directory (no profile.json); build it with `ssa models`")
-        classes = {"blip": BlipForConditionalGeneration, "clip": CLIPModel, "clipseg": CLIPSegForImageSegmentation}
         models, processors = {}, {}
         for role in ROLES:
-            model_cls = classes.get(role, OneFormerForUniversalSegmentation)
-            models[role] = model_cls.from_pretrained(d / role).eval().to(device)
+            models[role] = load_role_model(d / role, role).to(device)
             processors[role] = AutoProcessor.from_pretrained(d / role)
         return cls(json.loads((d / "profile.json").read_text()), models, processors)
 
