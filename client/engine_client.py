@@ -10,7 +10,6 @@ import numpy as np
 from ssa.engine import EngineParams, MaskLabel
 
 MODEL = "ssa_engine"
-OUTPUTS = ("class_name", "class_proposals", "proposal_scores", "vote_share", "caption")
 
 
 class EngineRequestError(RuntimeError):

@@ -8,7 +8,7 @@ EOS are padded afterwards, and decoding stops when every row is done.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import numpy as np
 
@@ -45,9 +45,3 @@ def greedy_decode(prefill: Prefill, step: Step, image_embeds: np.ndarray, bos: i
         logits, state = step(tokens[keep, None], state, keep)
     return ids[:, :length]
 
-
-def select_rows(tensors: Sequence[np.ndarray], keep: np.ndarray, total: int) -> list[np.ndarray]:
-    """Rows `keep` of each batch-major tensor (no copy when every row is kept)."""
-    if keep.shape[0] == total:
-        return list(tensors)
-    return [t[keep] for t in tensors]

@@ -16,3 +16,11 @@ class InputError(ValueError):
     def with_source(self, source: str | Path) -> InputError:
         """The same error, attributed to `source` (if it names none yet)."""
         return self if self.source else InputError(self.problem, source)
+
+
+def read_input(path: str | Path, what: str) -> bytes:
+    """The bytes of an input file; InputError naming it (and `what` it is) when it cannot be read."""
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read {what} ({exc.strerror})", path) from exc

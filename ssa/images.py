@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ssa.errors import InputError
+from ssa.errors import InputError, read_input
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -20,9 +20,12 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
     """(H, W, 3) uint8 RGB from any PIL mode: 16-bit and float are rescaled, alpha is dropped."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
-        if img.mode == "F":
-            top = max(float(arr.max()), 1.0) if arr.max() > 1.0 else 1.0
+        if img.mode == "F":  # floats: [0, 1], or [0, max] when larger
+            top = max(float(arr.max()), 1.0)
+        elif img.mode.startswith("I;16") or arr.max() > 255:
+            top = 65535.0
+        else:
+            top = 255.0
         arr = np.clip(np.rint(arr / top * 255.0), 0, 255).astype(np.uint8)
         return np.repeat(arr[:, :, None], 3, axis=2)
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
@@ -54,9 +57,4 @@ def decode_image(data: bytes, source: str | Path | None = None) -> np.ndarray:
 
 def load_image(path: str | Path) -> np.ndarray:
     """Read an image file into an (H, W, 3) uint8 RGB array (see `decode_image`)."""
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise InputError(f"cannot read image ({exc.strerror})", path) from exc
-    return decode_image(data, path)
+    return decode_image(read_input(path, "image"), path)

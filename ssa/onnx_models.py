@@ -46,7 +46,7 @@ class BlipCaptioner:
         return out["logits"], state
 
     def _step(self, input_ids, state, keep):
-        if keep.shape[0] != input_ids.shape[0] or any(v.shape[0] != keep.shape[0] for v in state.values()):
+        if any(v.shape[0] != keep.shape[0] for v in state.values()):  # some rows finished last step
             state = {k: v[keep] for k, v in state.items()}
         out = run_session(self.step_session, {"input_ids": input_ids, **state})
         state = {**state, **{f"past_{n}": out[f"present_{n}"] for n in self.self_names}}

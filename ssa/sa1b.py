@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ssa.errors import InputError
+from ssa.errors import InputError, read_input
 from ssa.masks import decode_rle
 
 BBOX_TOLERANCE = 1e-3  # pixels: bboxes are floats, allow rounding noise at the image border
@@ -65,12 +65,7 @@ def parse_document(text: str | bytes, source: str | Path | None = None) -> dict[
 
 def read_document(path: str | Path) -> dict[str, Any]:
     """Read and parse an SA-1B JSON file (see `parse_document`)."""
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise InputError(f"cannot read annotation file ({exc.strerror})", path) from exc
-    return parse_document(data, path)
+    return parse_document(read_input(path, "annotation file"), path)
 
 
 def _ann_name(ann: dict[str, Any], index: int) -> str:

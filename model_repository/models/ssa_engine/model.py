@@ -25,8 +25,6 @@ from ssa.preprocess import Processors
 from ssa.sa1b import decode_annotations, parse_document
 from ssa.text_cache import TextEmbeddingCache, prompt_matrix
 
-OUTPUTS = ("class_name", "class_proposals", "proposal_scores", "vote_share", "caption")
-
 
 def infer(model: str, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
     """One BLS request; raises RuntimeError with the sub-model's error."""
