@@ -16,6 +16,7 @@ import os
 import shutil
 from pathlib import Path
 
+from ssa import __version__
 from ssa.engine import EngineParams
 
 MODELS_SRC = Path(__file__).parent / "models"
@@ -154,6 +155,8 @@ def generate_repository(export_dir: str | Path, profile_dir: str | Path, out_dir
         params={"clip_logit_scale": repr(meta["clip_logit_scale"]), "clipseg_acts": ",".join(acts),
                 "sub_max_batch_size": str(DEFAULT_MAX_BATCH),
                 "engine_params": json.dumps(params.to_dict()).replace('"', '\\"'),
-                "profile": manifest["profile"].get("profile", "")}))
+                "profile": manifest["profile"].get("profile", ""),
+                "profile_json": json.dumps(manifest["profile"], sort_keys=True).replace('"', '\\"'),
+                "package_version": __version__}))
     (out_dir / "manifest.json").write_text(json.dumps({"target": target, "export": manifest}, indent=2) + "\n")
     return out_dir

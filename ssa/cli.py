@@ -84,6 +84,51 @@ def cmd_reference(args: argparse.Namespace) -> int:
     return 1 if summary.failures else 0
 
 
+def cmd_annotate(args: argparse.Namespace) -> int:
+    import contextlib
+
+    from client.runner import (
+        EXIT_FAILURES,
+        EXIT_MISMATCH,
+        EXIT_SERVERS_DOWN,
+        RunnerConfig,
+        ServerMismatch,
+        annotate_dataset,
+    )
+    from ssa.dataset import Shard, check_inputs, listings
+
+    check_inputs(args.data)
+    if args.in_flight < 1:
+        raise ValueError("--in_flight must be at least 1")
+    cfg = RunnerConfig(urls=args.url or ["127.0.0.1:8001"], out_dir=args.out_dir, params=params_from(args),
+                       in_flight=args.in_flight, shard=Shard.parse(args.shard), save_img=args.save_img,
+                       overwrite=args.overwrite, retry_limit=args.retry_limit, request_timeout=args.timeout)
+    with contextlib.ExitStack() as stack:
+        if args.embedded:
+            from model_repository.server import EmbeddedServer
+
+            if args.url:
+                raise ValueError("--embedded starts its own server: give --url or --embedded, not both")
+            print(f"starting the embedded tritonserver with {args.embedded} ...", file=sys.stderr)
+            cfg.urls = [stack.enter_context(EmbeddedServer(args.embedded)).url]
+        summary, stop = annotate_dataset(cfg, listings(args.data))
+    if stop:
+        print(f"ssa annotate: {stop}", file=sys.stderr)
+        return EXIT_MISMATCH if isinstance(stop, ServerMismatch) else EXIT_SERVERS_DOWN
+    return EXIT_FAILURES if summary.failures else 0
+
+
+def cmd_coco(args: argparse.Namespace) -> int:
+    from ssa.coco import export_coco
+
+    result = export_coco(args.semantic_dir, args.out)
+    print(f"{args.out}: {result.images} images, {result.annotations} annotations, {result.categories} categories"
+          + (f"; {len(result.failures)} files skipped:" if result.failures else ""))
+    for f in result.failures:
+        print(f"  {f['file']}: {f['reason']}", file=sys.stderr)
+    return 1 if result.failures else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ssa",
@@ -117,6 +162,54 @@ def build_parser() -> argparse.ArgumentParser:
     add_profile(p)
     add_params(p)
     p.set_defaults(func=cmd_reference)
+
+    p = sub.add_parser(
+        "annotate", help="annotate a dataset through Triton servers over gRPC (the batch runner)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Annotate a dataset through one or more tritonservers' ssa_engine, keeping requests in flight\n"
+                    "on each, writing <stem>_semantic.json (and --save_img PNGs) to --out_dir.\n\n"
+                    "Resumable: images whose output exists are skipped, so rerun after any stop. Files that\n"
+                    "cannot be annotated are listed with the reason in <out_dir>/failures.json\n"
+                    "(failures_<i>of<N>.json with --shard).\n\n"
+                    "Exit status: 0 all done; 1 some files failed; 2 usage error, or a server whose ssa_engine\n"
+                    "does not match this client; 3 servers unreachable for longer than --retry_limit (rerun\n"
+                    "to resume).",
+        epilog="examples:\n"
+               "  ssa annotate --embedded artifacts/repository/tiny-cpu --data artifacts/examples --out_dir out\n"
+               "  ssa annotate --url node1:8001 --url node2:8001 --data /data/sa1b/sa_000000.tar --out_dir out\n"
+               "  ssa annotate --url localhost:8001 --shard 3/8 --data /data/sa1b --out_dir /out")
+    p.add_argument("--data", "--data_dir", dest="data", type=Path, nargs="+", required=True, metavar="PATH",
+                   help="folders of <stem>.jpg + <stem>.json (and/or SA-1B .tar shards, read in place), .tar "
+                        "shards, or list files (one image path per line, or image<TAB>json)")
+    p.add_argument("--out_dir", type=Path, required=True, help="output folder")
+    p.add_argument("--url", action="append", default=[], metavar="HOST:PORT",
+                   help="gRPC address of a tritonserver; repeat for several (default 127.0.0.1:8001)")
+    p.add_argument("--embedded", type=Path, default=None, metavar="REPOSITORY",
+                   help="start the embedded tritonserver (no Docker) with this generated repository for the run")
+    p.add_argument("--in_flight", type=int, default=2,
+                   help="requests kept in flight per server (default %(default)s; raise it for servers with "
+                        "several ssa_engine instances or GPUs)")
+    p.add_argument("--shard", default="0/1", metavar="I/N",
+                   help="take only shard I of N (by a hash of the image name), so N runners split one dataset "
+                        "without overlap (default %(default)s: everything)")
+    p.add_argument("--retry_limit", type=float, default=300.0, metavar="SECONDS",
+                   help="how long a server may stay unreachable or not ready (restarting) before the run gives "
+                        "it up (default %(default)s)")
+    p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                   help="per-request timeout; a timed-out request is retried like an unreachable server "
+                        "(default: none)")
+    p.add_argument("--save_img", action="store_true", help="also write <stem>_semantic.png, masks with class names")
+    p.add_argument("--overwrite", action="store_true", help="redo images whose output exists")
+    add_params(p)
+    p.set_defaults(func=cmd_annotate)
+
+    p = sub.add_parser("coco", help="gather a folder of <stem>_semantic.json into one COCO instances file",
+                       description="Write one COCO instances JSON (categories from the class names found, RLE "
+                                   "segmentations, score = CLIPSeg vote share of the class name) from every "
+                                   "<stem>_semantic.json of --semantic_dir; loadable with pycocotools' COCO API.")
+    p.add_argument("--semantic_dir", type=Path, required=True, help="folder of <stem>_semantic.json files")
+    p.add_argument("--out", type=Path, required=True, help="the COCO JSON file to write")
+    p.set_defaults(func=cmd_coco)
     return parser
 
 

@@ -18,9 +18,10 @@ class InputError(ValueError):
         return self if self.source else InputError(self.problem, source)
 
 
-def read_input(path: str | Path, what: str) -> bytes:
-    """The bytes of an input file; InputError naming it (and `what` it is) when it cannot be read."""
+def read_input(path, what: str) -> bytes:
+    """The bytes of an input file (a path, or anything with `read_bytes()` such as a member of a
+    tar shard); InputError naming it (and `what` it is) when it cannot be read."""
     try:
-        return Path(path).read_bytes()
+        return path.read_bytes() if hasattr(path, "read_bytes") else Path(path).read_bytes()
     except OSError as exc:
-        raise InputError(f"cannot read {what} ({exc.strerror})", path) from exc
+        raise InputError(f"cannot read {what} ({exc.strerror or exc})", path) from exc

@@ -84,9 +84,9 @@ class RunSummary:
                 f"({self.masks} masks in {self.seconds:.1f}s{rate})")
 
 
-def write_failures(out_dir: str | Path, failures: list[dict[str, str]]) -> Path | None:
-    """Write `failures.json` (a list of {"file", "reason"}) or remove a stale one; return its path."""
-    path = Path(out_dir) / FAILURES_FILE
+def write_failures(out_dir: str | Path, failures: list[dict[str, str]], name: str = FAILURES_FILE) -> Path | None:
+    """Write the failures file (a list of {"file", "reason"}) or remove a stale one; return its path."""
+    path = Path(out_dir) / name
     if failures:
         write_json_atomic(path, sorted(failures, key=lambda f: f["file"]))
         return path

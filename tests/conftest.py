@@ -44,3 +44,27 @@ def tiny_export(tiny_profile, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("onnx")
     export_profile(tiny_profile, out, log=lambda m: None)
     return out
+
+
+@pytest.fixture(scope="session")
+def reference_labels(tiny_profile, example_dir) -> dict:
+    """stem -> the reference pipeline's labels for every mask of the example set (tiny profile)."""
+    from ssa.dataset import folder_items
+    from ssa.reference import TorchModels, annotate_image
+    from ssa.runner import load_item
+
+    models = TorchModels.load(tiny_profile)
+    out = {}
+    for item in folder_items(example_dir):
+        image, _, masks = load_item(item)
+        out[item.stem] = annotate_image(image, masks, models)
+    return out
+
+
+@pytest.fixture(scope="session")
+def repositories(tiny_profile, tiny_export, tmp_path_factory) -> dict:
+    """The tiny profile's generated model repositories, cpu and gpu targets."""
+    from model_repository.generate import generate_repository
+
+    root = tmp_path_factory.mktemp("repository")
+    return {target: generate_repository(tiny_export, tiny_profile, root / target, target) for target in ("cpu", "gpu")}

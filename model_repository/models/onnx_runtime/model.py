@@ -1,6 +1,10 @@
 """Triton Python model serving one ONNX file with ONNX Runtime (the `cpu` target: the embedded
 tritonserver has only the Python backend). On GPU nodes the same file is served natively by the
-`onnxruntime_onnx` platform instead. Requests are batched by Triton's dynamic batcher."""
+`onnxruntime_onnx` platform instead.
+
+Each request runs on its own: a result never depends on which other requests Triton's scheduler
+delivered with it, so outputs are the same whatever the load (within one image, `ssa_engine`
+already sends every mask in one request)."""
 
 from __future__ import annotations
 
@@ -9,7 +13,6 @@ from pathlib import Path
 
 import triton_python_backend_utils as pb_utils
 
-from ssa.batching import run_batched
 from ssa.onnx_models import ort_session, run_session
 
 
@@ -23,11 +26,12 @@ class TritonPythonModel:
         self.outputs = [o["name"] for o in config["output"]]
 
     def execute(self, requests):
-        tensors = [{n: pb_utils.get_input_tensor_by_name(r, n).as_numpy() for n in self.inputs} for r in requests]
         responses = []
-        for result in run_batched(tensors, lambda batch: run_session(self.session, batch)):
-            if isinstance(result, Exception):
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{type(result).__name__}: {result}")))
-            else:
+        for request in requests:
+            try:
+                result = run_session(self.session, {n: pb_utils.get_input_tensor_by_name(request, n).as_numpy()
+                                                    for n in self.inputs})
                 responses.append(pb_utils.InferenceResponse([pb_utils.Tensor(n, result[n]) for n in self.outputs]))
+            except Exception as exc:  # one response per request, whatever happened
+                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{type(exc).__name__}: {exc}")))
         return responses

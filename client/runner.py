@@ -1,0 +1,348 @@
+"""The batch runner: a whole dataset through one or more Triton servers' `ssa_engine` over gRPC.
+
+- Keeps `in_flight` requests per server going (asyncio gRPC), fed from a bounded queue, so the
+  servers stay busy and memory stays flat on any dataset size.
+- Resumable: an image whose `<stem>_semantic.json` exists is skipped; outputs are written to a
+  temporary name and renamed, so a file is whole or absent. Outputs hold nothing that depends on
+  the run (no address, time or order), so a resumed run equals an uninterrupted one byte for byte.
+- Faults: a server that is unreachable or restarting is retried with backoff until it has been
+  down `retry_limit` seconds; then its work goes to the other servers, and when none is left the
+  run stops with a clear message (exit status 3). A bad file is recorded in the failures file
+  with the reason and the run goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from client.engine_client import MODEL, build_inputs, parse_result
+from ssa.dataset import Item, Listing, Shard
+from ssa.engine import EngineParams
+from ssa.errors import InputError, read_input
+from ssa.outputs import (
+    RunSummary,
+    annotated_document,
+    output_paths,
+    provenance,
+    write_failures,
+    write_outputs,
+)
+from ssa.sa1b import parse_document
+
+ENGINE_NAME = "triton ssa_engine"
+EXPECTED_INPUTS = {"image": "BYTES", "annotations": "BYTES", "params": "BYTES"}
+EXPECTED_OUTPUTS = {"class_name": "BYTES", "class_proposals": "BYTES", "proposal_scores": "FP32",
+                    "vote_share": "FP32", "caption": "BYTES"}
+# gRPC statuses and server messages that mean "not now" rather than "bad request"
+TRANSIENT_STATUS = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "UNKNOWN", "RESOURCE_EXHAUSTED")
+TRANSIENT_TEXT = ("stub process", "is not healthy", "not ready", "unknown model", "failed to connect",
+                  "connection reset", "socket closed", "is not found", "unavailable")
+EXIT_FAILURES, EXIT_MISMATCH, EXIT_SERVERS_DOWN = 1, 2, 3
+
+
+class ServersUnavailable(RuntimeError):
+    """No server could be reached within the retry limit."""
+
+
+class ServerMismatch(RuntimeError):
+    """A server's `ssa_engine` does not take what this client sends, or servers disagree."""
+
+
+@dataclass
+class RunnerConfig:
+    urls: list[str]
+    out_dir: Path
+    params: EngineParams = field(default_factory=EngineParams)
+    in_flight: int = 2  # requests kept in flight per server
+    shard: Shard = field(default_factory=Shard)
+    save_img: bool = False
+    overwrite: bool = False
+    retry_limit: float = 300.0  # seconds a server may stay unreachable before it is given up
+    request_timeout: float | None = None  # seconds; None waits as long as the server works
+    progress: bool = True
+
+
+def _status(exc) -> str:
+    status = exc.status() if hasattr(exc, "status") else None
+    return str(status or "").replace("StatusCode.", "")
+
+
+def is_transient(exc) -> bool:
+    """Whether a failed request should be retried (server down, restarting, model reloading)."""
+    text = (exc.message() if hasattr(exc, "message") else str(exc)) or str(exc)
+    if text.startswith("invalid input:"):
+        return False
+    return _status(exc) in TRANSIENT_STATUS or any(t in text.lower() for t in TRANSIENT_TEXT)
+
+
+def failure_of(item: Item, message: str) -> dict[str, str]:
+    """The failures-file entry for a request the server refused: the file it names, and why.
+
+    The server names the tensor ("image: unreadable image ..." or "annotations: annotation
+    id=3: ..."); the entry names the item's file instead.
+    """
+    message = message.removeprefix("invalid input: ")
+    for tensor, path in (("image", item.image), ("annotations", item.annotations)):
+        if message.startswith(f"{tensor}: "):
+            return {"file": str(path), "reason": message[len(tensor) + 2:]}
+    return {"file": str(item.image), "reason": message}
+
+
+@dataclass
+class Payload:
+    image: bytes
+    document_bytes: bytes
+    document: dict
+
+
+def load_payload(item: Item) -> Payload:
+    """The bytes to send and the parsed document (to write back); InputError for a bad file."""
+    if item.annotations is None:
+        raise InputError("no annotation file (<stem>.json) beside the image", item.image)
+    image = read_input(item.image, "image")
+    text = read_input(item.annotations, "annotation file")
+    return Payload(image, text, parse_document(text, item.annotations))
+
+
+def write_result(cfg: RunnerConfig, prov: dict, item: Item, payload: Payload, labels) -> None:
+    document = annotated_document(payload.document, labels, prov)
+    image = masks = None
+    if cfg.save_img:
+        from ssa.images import decode_image
+        from ssa.sa1b import decode_annotations
+
+        image = decode_image(payload.image, item.image)
+        masks = decode_annotations(payload.document, image.shape[:2], item.annotations).masks
+    write_outputs(cfg.out_dir, item.stem, document, image, masks)
+
+
+class Server:
+    """One server's client and its health: when it went down, how long to wait next."""
+
+    def __init__(self, url: str, retry_limit: float):
+        import tritonclient.grpc.aio as grpcclient
+
+        self.url = url
+        self.client = grpcclient.InferenceServerClient(url)
+        self.retry_limit = retry_limit
+        self.down_since: float | None = None
+        self.delay = 0.5
+        self.given_up = False
+
+    def up(self) -> None:
+        self.down_since, self.delay = None, 0.5
+
+    async def wait_after_failure(self, reason: str) -> bool:
+        """Sleep before the next try; False once the server has been down longer than the limit."""
+        now = time.monotonic()
+        if self.down_since is None:
+            self.down_since = now
+            tqdm.write(f"server {self.url} unavailable ({reason}); retrying for up to {self.retry_limit:.0f}s")
+        if self.given_up or now - self.down_since > self.retry_limit:
+            if not self.given_up:
+                tqdm.write(f"server {self.url} unavailable for {now - self.down_since:.0f}s; giving it up")
+            self.given_up = True
+            return False
+        await asyncio.sleep(self.delay)
+        self.delay = min(self.delay * 2, 10.0)
+        return True
+
+    async def wait_ready(self) -> None:
+        """Wait until the server and `ssa_engine` are ready (it may be starting); ServersUnavailable
+        after `retry_limit` seconds."""
+        while True:
+            try:
+                if await self.client.is_server_ready() and await self.client.is_model_ready(MODEL):
+                    self.up()
+                    return
+                reason = f"server or {MODEL} not ready"
+            except Exception as exc:  # not listening yet, or refusing
+                reason = (exc.message() if hasattr(exc, "message") else str(exc)) or type(exc).__name__
+            if not await self.wait_after_failure(reason.splitlines()[0]):
+                raise ServersUnavailable(f"server {self.url}: {MODEL} not ready after {self.retry_limit:.0f}s "
+                                         f"({reason.splitlines()[0]}); is tritonserver running with the generated "
+                                         f"repository, and is --url its gRPC address?")
+
+    async def engine_info(self) -> dict:
+        """Check `ssa_engine`'s metadata against what this client sends; its provenance parameters."""
+        meta = await self.client.get_model_metadata(MODEL, as_json=True)
+        got_in = {t["name"]: t["datatype"] for t in meta.get("inputs", [])}
+        got_out = {t["name"]: t["datatype"] for t in meta.get("outputs", [])}
+        if got_in != EXPECTED_INPUTS or not set(EXPECTED_OUTPUTS.items()) <= set(got_out.items()):
+            raise ServerMismatch(f"server {self.url}: {MODEL} takes {got_in} and gives {got_out}; this client "
+                                 f"sends {EXPECTED_INPUTS} and reads {EXPECTED_OUTPUTS}. Regenerate the model "
+                                 f"repository with this version of ssa-triton.")
+        config = (await self.client.get_model_config(MODEL, as_json=True))["config"]
+        params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+        profile = json.loads(params["profile_json"]) if params.get("profile_json") else {"profile": params.get("profile")}
+        return {"profile": profile, "package_version": params.get("package_version")}
+
+
+class Run:
+    """The shared state of one run: the queue of work, counts, failures."""
+
+    def __init__(self, cfg: RunnerConfig, sources: Iterator[Listing]):
+        self.cfg = cfg
+        self.sources = sources
+        self.queue: asyncio.Queue = asyncio.Queue(maxsize=max(4, 2 * cfg.in_flight * len(cfg.urls)))
+        self.returned: deque[Item] = deque()  # items given back by a server that was given up
+        self.summary = RunSummary()
+        self.listed = False
+        self.stopped = False
+        self.bar = tqdm(total=0, desc="images", unit="img", dynamic_ncols=True, disable=not cfg.progress)
+        self.start = time.perf_counter()
+        self.prov: dict = {}
+
+    def fail(self, entry: dict[str, str]) -> None:
+        self.summary.failures.append(entry)
+        tqdm.write(f"failed: {entry['file']}: {entry['reason']}")
+        self.bar.update(1)
+
+    def done(self, masks: int) -> None:
+        self.summary.done += 1
+        self.summary.masks += masks
+        self.bar.update(1)
+        elapsed = time.perf_counter() - self.start
+        self.bar.set_postfix_str(f"{self.summary.done / elapsed:.3f} img/s, {self.summary.masks / elapsed:.1f} masks/s")
+
+    async def produce(self, workers: int) -> None:
+        """List the sources one by one and queue the items of this shard that are not done yet."""
+        seen_in_source: set[str]
+        while True:
+            listing = await asyncio.to_thread(next, self.sources, None)
+            if listing is None or self.stopped:
+                break
+            if listing.error is not None:
+                self.summary.failures.append({"file": listing.source, "reason": listing.error.problem})
+                tqdm.write(f"failed: {listing.error}")
+            todo = []
+            seen_in_source = set()
+            for item in listing.items:
+                if item.stem not in self.cfg.shard:
+                    continue
+                if item.stem in seen_in_source:
+                    self.summary.failures.append({"file": str(item.image), "reason": f"another image of "
+                                                  f"{listing.source} has the stem {item.stem!r} (same output file)"})
+                    continue
+                seen_in_source.add(item.stem)
+                if not self.cfg.overwrite and output_paths(self.cfg.out_dir, item.stem)[0].exists():
+                    self.summary.skipped += 1
+                    continue
+                todo.append(item)
+            self.bar.total += len(todo)
+            self.bar.refresh()
+            for item in todo:
+                await self.queue.put(item)
+                if self.stopped:
+                    return
+        self.listed = True
+        for _ in range(workers):
+            await self.queue.put(None)
+
+    async def next_item(self) -> Item | None:
+        if self.returned:
+            return self.returned.popleft()
+        item = await self.queue.get()
+        if item is None and self.returned:  # work given back by a failed server comes first
+            await self.queue.put(None)
+            return self.returned.popleft()
+        return item
+
+    async def work(self, server: Server) -> None:
+        """One request in flight on `server`, item after item."""
+        cfg = self.cfg
+        while not self.stopped:
+            item = await self.next_item()
+            if item is None:
+                return
+            try:
+                payload = await asyncio.to_thread(load_payload, item)
+            except InputError as exc:
+                self.fail({"file": str(exc.source or item.image), "reason": exc.problem})
+                continue
+            inputs = build_inputs(payload.image, payload.document_bytes, cfg.params)
+            while True:
+                try:
+                    result = await server.client.infer(MODEL, inputs, client_timeout=cfg.request_timeout)
+                    server.up()
+                    break
+                except Exception as exc:
+                    message = (exc.message() if hasattr(exc, "message") else str(exc)) or type(exc).__name__
+                    if is_transient(exc):
+                        if await server.wait_after_failure(message.splitlines()[0]):
+                            continue
+                        self.returned.append(item)
+                        return
+                    self.fail(failure_of(item, message))
+                    result = None
+                    break
+            if result is None:
+                continue
+            try:
+                labels = parse_result(result)
+                await asyncio.to_thread(write_result, cfg, self.prov, item, payload, labels)
+            except (InputError, ValueError) as exc:
+                self.fail({"file": str(getattr(exc, "source", None) or item.image), "reason": str(exc)})
+                continue
+            self.done(len(labels))
+
+    async def run(self) -> RunSummary:
+        cfg = self.cfg
+        servers = [Server(url, cfg.retry_limit) for url in cfg.urls]
+        try:
+            infos = await self._check(servers)
+            self.prov = provenance(ENGINE_NAME, infos[0]["profile"], cfg.params)
+            tasks = [asyncio.create_task(self.work(s)) for s in servers for _ in range(cfg.in_flight)]
+            producer = asyncio.create_task(self.produce(len(tasks)))
+            await asyncio.gather(*tasks)
+            self.stopped = True
+            producer.cancel()
+            if not self.listed or self.returned:
+                down = ", ".join(s.url for s in servers if s.given_up)
+                raise ServersUnavailable(f"stopped: no server reachable ({down} down for more than "
+                                         f"{cfg.retry_limit:.0f}s); rerun to resume")
+        finally:
+            self.bar.close()
+            for s in servers:
+                await s.client.close()
+        return self.summary
+
+    async def _check(self, servers: list[Server]) -> list[dict]:
+        await asyncio.gather(*(s.wait_ready() for s in servers))
+        infos = [await s.engine_info() for s in servers]
+        if any(i["profile"] != infos[0]["profile"] for i in infos):
+            raise ServerMismatch("the servers serve different models: " +
+                                 "; ".join(f"{s.url}: {i['profile'].get('profile')}" for s, i in zip(servers, infos)))
+        return infos
+
+
+def failures_path_name(shard: Shard) -> str:
+    return "failures.json" if shard.count == 1 else f"failures_{shard.index}of{shard.count}.json"
+
+
+def annotate_dataset(cfg: RunnerConfig, sources: Iterator[Listing]) -> tuple[RunSummary, Exception | None]:
+    """Run the whole dataset; (summary, the ServersUnavailable or ServerMismatch that stopped it,
+    or None). Failures go to the failures file."""
+    cfg.out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in cfg.out_dir.glob(".*.part"):  # temporary files of a runner that was killed
+        stale.unlink(missing_ok=True)
+    run = Run(cfg, sources)
+    stop = None
+    try:
+        asyncio.run(run.run())
+    except (ServersUnavailable, ServerMismatch) as exc:
+        stop = exc
+    summary = run.summary
+    summary.seconds = time.perf_counter() - run.start
+    path = write_failures(cfg.out_dir, summary.failures, failures_path_name(cfg.shard))
+    print(summary.line() + (f"; failures listed in {path}" if path else ""), file=sys.stderr)
+    return summary, stop

@@ -1,0 +1,252 @@
+"""The batch runner against the real embedded tritonserver (tiny profile): folders, tar shards and
+list files give the reference pipeline's labels; shards split the set exactly once; bad files are
+recorded while the rest succeed; a server killed mid-run is waited for, or the run stops and a
+rerun resumes, and either way the outputs equal an uninterrupted run's byte for byte."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+from client.runner import RunnerConfig, annotate_dataset
+from model_repository.server import EmbeddedServer, free_port
+from ssa.dataset import Shard, listings
+from ssa.outputs import FAILURES_FILE
+
+COPIES = 3  # the kill tests run the example set 3 times over, so a kill lands mid-run
+
+
+@pytest.fixture(scope="module")
+def server(repositories, tmp_path_factory):
+    with EmbeddedServer(repositories["cpu"], log_path=tmp_path_factory.mktemp("log") / "triton.log") as s:
+        yield s
+
+
+def run(server_urls, data, out_dir, **kw):
+    cfg = RunnerConfig(urls=list(server_urls), out_dir=Path(out_dir), progress=False, **kw)
+    return annotate_dataset(cfg, listings([Path(p) for p in data]))
+
+
+def outputs(out_dir: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(out_dir.glob("*_semantic.json"))}
+
+
+@pytest.fixture(scope="module")
+def folder_run(server, example_dir, tmp_path_factory):
+    """The example folder annotated once, uninterrupted, 2 requests in flight, with PNGs."""
+    out = tmp_path_factory.mktemp("folder_run")
+    summary, stop = run([server.url], [example_dir], out, in_flight=2, save_img=True)
+    assert stop is None and not summary.failures
+    return out, summary
+
+
+def test_folder_labels_equal_the_reference(folder_run, reference_labels):
+    out, summary = folder_run
+    assert summary.done == 6 and summary.masks == sum(len(v) for v in reference_labels.values())
+    for stem, expected in reference_labels.items():
+        doc = json.loads((out / f"{stem}_semantic.json").read_text())
+        assert doc["ssa"]["engine"] == "triton ssa_engine" and doc["ssa"]["profile"] == "tiny"
+        assert len(doc["annotations"]) == len(expected)
+        for ann, e in zip(doc["annotations"], expected):
+            assert (ann["class_name"], ann["class_proposals"]) == (e.class_name, e.class_proposals), stem
+            assert ann["class_proposal_scores"] == pytest.approx(e.proposal_scores, abs=1e-4)
+            assert 0 < ann["class_name_vote"] <= 1 and "segmentation" in ann and "bbox" in ann
+        assert (out / f"{stem}_semantic.png").stat().st_size > 0
+    assert not (out / FAILURES_FILE).exists()
+
+
+def test_rerun_skips_everything_and_changes_nothing(server, example_dir, folder_run):
+    out, _ = folder_run
+    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.iterdir()}
+    summary, stop = run([server.url], [example_dir], out)
+    assert stop is None and (summary.done, summary.skipped) == (0, 6)
+    assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.iterdir()} == before
+
+
+def test_tar_shard_and_list_file_give_the_same_bytes(server, example_dir, folder_run, tmp_path):
+    shard = tmp_path / "sa_000000.tar"
+    with tarfile.open(shard, "w") as tar:
+        for p in sorted(example_dir.iterdir()):
+            tar.add(p, arcname=p.name)
+    listed = tmp_path / "list.txt"
+    listed.write_text("# images of the example set\n" + "\n".join(str(p) for p in sorted(example_dir.glob("*.jpg"))))
+    for source, name in ((shard, "tar"), (listed, "list")):
+        summary, stop = run([server.url], [source], tmp_path / name, in_flight=3)
+        assert stop is None and summary.done == 6 and not summary.failures, name
+        assert outputs(tmp_path / name) == outputs(folder_run[0]), name
+
+
+def test_shards_cover_the_set_exactly_once(server, example_dir, folder_run, tmp_path):
+    stems = sorted(p.stem for p in example_dir.glob("*.jpg"))
+    done = []
+    for i in range(3):
+        summary, stop = run([server.url], [example_dir], tmp_path, shard=Shard(i, 3))
+        assert stop is None and not summary.failures and summary.skipped == 0
+        done.append(summary.done)
+    assert sum(done) == len(stems) and sorted(sum(([s for s in stems if s in Shard(i, 3)] for i in range(3)), [])) == stems
+    assert outputs(tmp_path) == outputs(folder_run[0])
+
+
+@pytest.mark.parametrize("text", ["3/3", "1", "a/b", "0/0", "-1/2"])
+def test_bad_shard_arguments(text):
+    with pytest.raises(ValueError, match="--shard"):
+        Shard.parse(text)
+
+
+def test_bad_files_are_recorded_and_the_rest_succeed(server, example_dir, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for stem in ("sa_2", "sa_3", "sa_4", "sa_5", "sa_6"):
+        for ext in (".jpg", ".json"):
+            shutil.copy(example_dir / f"{stem}{ext}", data / f"{stem}{ext}")
+    (data / "sa_2.jpg").write_bytes(b"\xff\xd8 truncated jpeg")
+    (data / "sa_3.json").write_text('{"image": {}, "annotations": [')
+    doc = json.loads((data / "sa_4.json").read_text())
+    doc["annotations"][1]["segmentation"]["size"] = [7, 9]
+    (data / "sa_4.json").write_text(json.dumps(doc))
+    (data / "sa_5.json").unlink()
+    (data / "zz.tar").write_bytes(b"not a tar at all" * 100)
+    summary, stop = run([server.url], [data], tmp_path / "out", in_flight=2)
+    assert stop is None and summary.done == 1
+    failures = {Path(f["file"].split(":")[0]).name: f["reason"] for f in summary.failures}
+    assert set(failures) == {"sa_2.jpg", "sa_3.json", "sa_4.json", "sa_5.jpg", "zz.tar"}
+    assert "unreadable image" in failures["sa_2.jpg"]
+    assert "invalid JSON" in failures["sa_3.json"]
+    assert "RLE size [7, 9] differs from the image size" in failures["sa_4.json"]
+    assert "annotation" in failures["sa_4.json"] and "no annotation file" in failures["sa_5.jpg"]
+    assert "not an uncompressed tar" in failures["zz.tar"]
+    recorded = json.loads((tmp_path / "out" / FAILURES_FILE).read_text())
+    assert len(recorded) == 5 and all(set(f) == {"file", "reason"} for f in recorded)
+    assert sorted(outputs(tmp_path / "out")) == ["sa_6_semantic.json"]
+
+
+def test_unreachable_server_stops_with_a_clear_message(example_dir, tmp_path):
+    url = f"127.0.0.1:{free_port()}"
+    summary, stop = run([url], [example_dir], tmp_path, retry_limit=1.0)
+    assert stop is not None and url in str(stop) and "not ready after" in str(stop)
+    assert summary.done == 0 and not outputs(tmp_path)
+
+
+# --- servers killed mid-run ---------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def copied_examples(example_dir, tmp_path_factory) -> Path:
+    """The example set COPIES times under other names: the same bytes, so the same outputs."""
+    data = tmp_path_factory.mktemp("copies")
+    for k in range(COPIES):
+        for p in example_dir.iterdir():
+            os.link(p, data / f"c{k}_{p.name}")
+    return data
+
+
+def start_runner(data: Path, out: Path, url: str, retry_limit: float, log: Path) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "ssa", "annotate", "--data", str(data), "--out_dir", str(out), "--url", url,
+           "--in_flight", "2", "--retry_limit", str(retry_limit)]
+    return subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+                            env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"})
+
+
+def watch_until(out: Path, condition, timeout: float = 300.0) -> None:
+    """Poll `out` until `condition()`; every visible output must be whole JSON all along."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        for p in out.glob("*_semantic.json"):
+            json.loads(p.read_bytes())  # a partial file would fail here
+        time.sleep(0.05)
+
+
+def expected_copies(folder_out: Path) -> dict[str, bytes]:
+    return {f"c{k}_{name}": data for k in range(COPIES) for name, data in outputs(folder_out).items()}
+
+
+def test_server_killed_and_restarted_mid_run(repositories, copied_examples, folder_run, tmp_path):
+    grpc_port, http_port = free_port(), free_port()
+    first = EmbeddedServer(repositories["cpu"], grpc_port, http_port, log_path=tmp_path / "first.log").start()
+    out = tmp_path / "out"
+    runner = start_runner(copied_examples, out, first.url, 240, tmp_path / "runner.log")
+    try:
+        watch_until(out, lambda: len(outputs(out)) >= 2)
+        first.kill()
+        done_at_kill = len(outputs(out))
+        watch_until(out, lambda: True)
+        time.sleep(2)
+        with EmbeddedServer(repositories["cpu"], grpc_port, http_port, log_path=tmp_path / "second.log"):
+            watch_until(out, lambda: runner.poll() is not None)
+    finally:
+        runner.kill() if runner.poll() is None else None
+        first.stop()
+    log = (tmp_path / "runner.log").read_text()
+    assert runner.returncode == 0, log
+    assert done_at_kill < 6 * COPIES and "unavailable" in log  # the kill really landed mid-run
+    assert outputs(out) == expected_copies(folder_run[0])
+    assert not list(out.glob(".*"))  # no temporary file left behind
+
+
+def test_server_down_too_long_stops_and_a_rerun_resumes(repositories, copied_examples, folder_run, tmp_path):
+    server = EmbeddedServer(repositories["cpu"], log_path=tmp_path / "first.log").start()
+    out = tmp_path / "out"
+    runner = start_runner(copied_examples, out, server.url, 3, tmp_path / "runner.log")
+    try:
+        watch_until(out, lambda: len(outputs(out)) >= 2)
+        server.kill()
+        watch_until(out, lambda: runner.poll() is not None, timeout=120)
+    finally:
+        runner.kill() if runner.poll() is None else None
+        server.stop()
+    log = (tmp_path / "runner.log").read_text()
+    assert runner.returncode == 3 and "rerun to resume" in log, log
+    partial = len(outputs(out))
+    assert 2 <= partial < 6 * COPIES
+    with EmbeddedServer(repositories["cpu"], log_path=tmp_path / "second.log") as again:
+        summary, stop = run([again.url], [copied_examples], out, in_flight=2)
+    assert stop is None and summary.skipped == partial and summary.done == 6 * COPIES - partial
+    assert outputs(out) == expected_copies(folder_run[0])
+
+
+def test_mismatched_engine_is_refused_at_start(repositories, example_dir, tmp_path):
+    repo = tmp_path / "repo"
+    shutil.copytree(repositories["cpu"], repo)
+    config = repo / "ssa_engine" / "config.pbtxt"
+    config.write_text(config.read_text().replace('name: "params"', 'name: "options"'))
+    with EmbeddedServer(repo, log_path=tmp_path / "triton.log") as server:
+        summary, stop = run([server.url], [example_dir], tmp_path / "out")
+    assert stop is not None and "Regenerate the model repository" in str(stop) and "options" in str(stop)
+    assert summary.done == 0
+
+
+def test_coco_export_round_trips_the_masks(folder_run, example_dir, tmp_path):
+    from pycocotools.coco import COCO
+
+    from ssa.coco import export_coco
+    from ssa.masks import decode_rle
+
+    semantic = tmp_path / "semantic"
+    shutil.copytree(folder_run[0], semantic)
+    (semantic / "broken_semantic.json").write_text("{")
+    result = export_coco(semantic, tmp_path / "coco.json")
+    assert (result.images, len(result.failures)) == (6, 1) and "invalid JSON" in result.failures[0]["reason"]
+    coco = COCO(str(tmp_path / "coco.json"))
+    names = {c["id"]: c["name"] for c in coco.loadCats(coco.getCatIds())}
+    checked = 0
+    for stem in sorted(p.stem for p in example_dir.glob("*.jpg")):
+        doc = json.loads((folder_run[0] / f"{stem}_semantic.json").read_text())
+        image_id = doc["image"]["image_id"]
+        anns = coco.loadAnns(coco.getAnnIds(imgIds=[image_id]))
+        assert len(anns) == len(doc["annotations"])
+        size = (doc["image"]["height"], doc["image"]["width"])
+        for ann, src in zip(anns, doc["annotations"]):
+            assert names[ann["category_id"]] == src["class_name"]
+            assert ann["score"] == src["class_name_vote"]
+            assert (coco.annToMask(ann).astype(bool) == decode_rle(src["segmentation"], size)).all()
+            checked += 1
+    assert checked == result.annotations and set(names.values()) == {
+        a["class_name"] for p in folder_run[0].glob("*_semantic.json") for a in json.loads(p.read_text())["annotations"]}
