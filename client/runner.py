@@ -46,6 +46,7 @@ EXPECTED_OUTPUTS = {"class_name": "BYTES", "class_proposals": "BYTES", "proposal
 TRANSIENT_STATUS = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "UNKNOWN", "RESOURCE_EXHAUSTED")
 TRANSIENT_TEXT = ("stub process", "is not healthy", "not ready", "unknown model", "failed to connect",
                   "connection reset", "socket closed", "is not found", "unavailable")
+MAX_STRIKES = 3  # transient failures of one image on a server that stays up before the image is failed
 EXIT_FAILURES, EXIT_MISMATCH, EXIT_SERVERS_DOWN = 1, 2, 3
 
 
@@ -155,6 +156,12 @@ class Server:
         await asyncio.sleep(self.delay)
         self.delay = min(self.delay * 2, 10.0)
         return True
+
+    async def ready_now(self) -> bool:
+        try:
+            return bool(await self.client.is_model_ready(MODEL, client_timeout=5))
+        except Exception:
+            return False
 
     async def wait_ready(self) -> None:
         """Wait until the server and `ssa_engine` are ready (it may be starting); ServersUnavailable
@@ -270,6 +277,7 @@ class Run:
                 self.fail({"file": str(exc.source or item.image), "reason": exc.problem})
                 continue
             inputs = build_inputs(payload.image, payload.document_bytes, cfg.params)
+            strikes = 0
             while True:
                 try:
                     result = await server.client.infer(MODEL, inputs, client_timeout=cfg.request_timeout)
@@ -277,14 +285,22 @@ class Run:
                     break
                 except Exception as exc:
                     message = (exc.message() if hasattr(exc, "message") else str(exc)) or type(exc).__name__
-                    if is_transient(exc):
-                        if await server.wait_after_failure(message.splitlines()[0]):
-                            continue
-                        self.returned.append(item)
-                        return
-                    self.fail(failure_of(item, message))
                     result = None
-                    break
+                    if not is_transient(exc):
+                        self.fail(failure_of(item, message))
+                        break
+                    # a server that is up yet fails on this image again and again (e.g. a model
+                    # process killed by it) must not stop the run: the image is recorded as failed
+                    if await server.ready_now():
+                        strikes += 1
+                        if strikes >= MAX_STRIKES:
+                            self.fail({"file": str(item.image), "reason": f"the server failed {strikes} times on "
+                                       f"this image while staying up: {message.splitlines()[0]}"})
+                            break
+                    if await server.wait_after_failure(message.splitlines()[0]):
+                        continue
+                    self.returned.append(item)
+                    return
             if result is None:
                 continue
             try:

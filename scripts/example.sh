@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job: set up (if needed), build the example set and a profile's models, export them to
 # ONNX (each file checked against PyTorch), generate the Triton model repository, start the
-# embedded tritonserver and annotate the example set through it over gRPC.
+# embedded tritonserver and annotate the example set through it over gRPC with the batch runner,
+# then gather the outputs into one COCO instances file.
 # PROFILE=bench uses real-size random models (slow on a CPU); light/full need real checkpoints.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +14,7 @@ PROFILE=${PROFILE:-tiny}
 [ -f "artifacts/models/$PROFILE/profile.json" ] || ssa models --profile "$PROFILE"
 [ -f "artifacts/onnx/$PROFILE/manifest.json" ] || python -m export --profile "$PROFILE"
 python -m model_repository generate --profile "$PROFILE" --target cpu
-python -m client --embedded "artifacts/repository/$PROFILE-cpu" --data_dir artifacts/examples \
+ssa annotate --embedded "artifacts/repository/$PROFILE-cpu" --data artifacts/examples \
   --out_dir "artifacts/out/$PROFILE" --save_img
-echo "outputs: artifacts/out/$PROFILE/*_semantic.json and *_semantic.png"
+ssa coco --semantic_dir "artifacts/out/$PROFILE" --out "artifacts/out/$PROFILE.coco.json"
+echo "outputs: artifacts/out/$PROFILE/*_semantic.json and *_semantic.png; COCO: artifacts/out/$PROFILE.coco.json"

@@ -84,6 +84,17 @@ def cmd_reference(args: argparse.Namespace) -> int:
     return 1 if summary.failures else 0
 
 
+def peak_memory_mib() -> float | None:
+    """This process's peak resident memory (Linux VmHWM), or None where /proc has no such line."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
 def cmd_annotate(args: argparse.Namespace) -> int:
     import contextlib
 
@@ -112,6 +123,11 @@ def cmd_annotate(args: argparse.Namespace) -> int:
             print(f"starting the embedded tritonserver with {args.embedded} ...", file=sys.stderr)
             cfg.urls = [stack.enter_context(EmbeddedServer(args.embedded)).url]
         summary, stop = annotate_dataset(cfg, listings(args.data))
+    if args.summary:
+        from ssa.sa1b import write_json_atomic
+
+        write_json_atomic(args.summary, {**summary.to_dict(), "in_flight": args.in_flight, "servers": len(cfg.urls),
+                                         "stopped": str(stop) if stop else None, "peak_memory_mib": peak_memory_mib()})
     if stop:
         print(f"ssa annotate: {stop}", file=sys.stderr)
         return EXIT_MISMATCH if isinstance(stop, ServerMismatch) else EXIT_SERVERS_DOWN
@@ -200,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: none)")
     p.add_argument("--save_img", action="store_true", help="also write <stem>_semantic.png, masks with class names")
     p.add_argument("--overwrite", action="store_true", help="redo images whose output exists")
+    p.add_argument("--summary", type=Path, default=None, metavar="FILE",
+                   help="also write the run's summary (counts, seconds, images/s, masks/s) as JSON to FILE")
     add_params(p)
     p.set_defaults(func=cmd_annotate)
 

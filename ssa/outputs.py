@@ -78,6 +78,12 @@ class RunSummary:
     seconds: float = 0.0
     failures: list[dict[str, str]] = field(default_factory=list)
 
+    def to_dict(self) -> dict[str, Any]:
+        rate = self.seconds > 0
+        return {"done": self.done, "skipped": self.skipped, "failed": len(self.failures), "masks": self.masks,
+                "seconds": self.seconds, "images_per_second": self.done / self.seconds if rate else None,
+                "masks_per_second": self.masks / self.seconds if rate else None}
+
     def line(self) -> str:
         rate = f", {self.done / self.seconds:.3f} images/s, {self.masks / self.seconds:.2f} masks/s" if self.seconds else ""
         return (f"done {self.done}, skipped {self.skipped}, failed {len(self.failures)} "

@@ -21,6 +21,7 @@ from ssa.nouns import load_spacy, noun_phrases
 from ssa.preprocess import CHANNELS_LAST
 from ssa.profiles import ROLES, load_role_model
 from ssa.sa1b import MaskSet
+from ssa.timing import NO_TIMER
 from ssa.voting import majority_class, pixel_vote
 
 
@@ -100,11 +101,15 @@ def clipseg_segmentation(models: TorchModels, patch: np.ndarray, names: list[str
 
 
 def annotate_image(image: np.ndarray, mask_set: MaskSet, models: TorchModels,
-                   params: EngineParams = EngineParams(), nlp=None) -> list[MaskLabel]:
-    """Label every mask of one image, one mask at a time. image: (H, W, 3) uint8 RGB."""
+                   params: EngineParams = EngineParams(), nlp=None, timer=NO_TIMER) -> list[MaskLabel]:
+    """Label every mask of one image, one mask at a time. image: (H, W, 3) uint8 RGB.
+
+    timer: a `ssa.timing.StageTimer` to collect seconds per model stage (benchmarks).
+    """
     nlp = nlp or load_spacy()
     size = image.shape[:2]
-    maps = {ds: semantic_map(models, ds, image).numpy() for ds in DATASETS}
+    with timer("oneformer"):
+        maps = {ds: semantic_map(models, ds, image).numpy() for ds in DATASETS}
     labels = []
     for mask, bbox in zip(mask_set.masks, mask_set.bboxes):
         close_set = []
@@ -114,10 +119,13 @@ def annotate_image(image: np.ndarray, mask_set: MaskSet, models: TorchModels,
         patch_small = crop(image, crop_box(bbox, params.scale_small, size))
         patch_large = crop(image, crop_box(bbox, params.scale_large, size))
         huge_box = crop_box(bbox, params.scale_huge, size)
-        text = caption(models, patch_large, params.caption_max_length)
+        with timer("caption"):
+            text = caption(models, patch_large, params.caption_max_length)
         candidates = union_candidates(close_set, noun_phrases(text, nlp))
-        proposals, scores = clip_classification(models, patch_small, candidates, params.top_k)
-        winners = clipseg_segmentation(models, crop(image, huge_box), proposals, params.clipseg_size).numpy()
+        with timer("clip"):
+            proposals, scores = clip_classification(models, patch_small, candidates, params.top_k)
+        with timer("clipseg"):
+            winners = clipseg_segmentation(models, crop(image, huge_box), proposals, params.clipseg_size).numpy()
         winner, share = pixel_vote(winners, crop(mask, huge_box), len(proposals))
         labels.append(MaskLabel(proposals[winner], proposals, scores, share, text))
     return labels

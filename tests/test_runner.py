@@ -114,8 +114,11 @@ def test_bad_files_are_recorded_and_the_rest_succeed(server, example_dir, tmp_pa
     (data / "sa_4.json").write_text(json.dumps(doc))
     (data / "sa_5.json").unlink()
     (data / "zz.tar").write_bytes(b"not a tar at all" * 100)
+    shutil.copy(example_dir / "sa_1.jpg", data / "no_masks.jpg")  # valid: an image without annotations
+    doc = json.loads((example_dir / "sa_1.json").read_text())
+    (data / "no_masks.json").write_text(json.dumps({**doc, "annotations": []}))
     summary, stop = run([server.url], [data], tmp_path / "out", in_flight=2)
-    assert stop is None and summary.done == 1
+    assert stop is None and summary.done == 2
     failures = {Path(f["file"].split(":")[0]).name: f["reason"] for f in summary.failures}
     assert set(failures) == {"sa_2.jpg", "sa_3.json", "sa_4.json", "sa_5.jpg", "zz.tar"}
     assert "unreadable image" in failures["sa_2.jpg"]
@@ -125,7 +128,8 @@ def test_bad_files_are_recorded_and_the_rest_succeed(server, example_dir, tmp_pa
     assert "not an uncompressed tar" in failures["zz.tar"]
     recorded = json.loads((tmp_path / "out" / FAILURES_FILE).read_text())
     assert len(recorded) == 5 and all(set(f) == {"file", "reason"} for f in recorded)
-    assert sorted(outputs(tmp_path / "out")) == ["sa_6_semantic.json"]
+    assert sorted(outputs(tmp_path / "out")) == ["no_masks_semantic.json", "sa_6_semantic.json"]
+    assert json.loads((tmp_path / "out" / "no_masks_semantic.json").read_text())["annotations"] == []
 
 
 def test_unreachable_server_stops_with_a_clear_message(example_dir, tmp_path):

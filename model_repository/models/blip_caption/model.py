@@ -24,8 +24,10 @@ class TritonPythonModel:
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         folder = Path(args["model_repository"]) / args["model_version"]
         threads = int(params.get("intra_op_threads", "2"))
+        provider = params.get("execution_provider", "cpu")  # "cuda" in the gpu target
         self.captioner = BlipCaptioner(
-            ort_session(folder / "blip_text_prefill.onnx", threads), ort_session(folder / "blip_text_step.onnx", threads),
+            ort_session(folder / "blip_text_prefill.onnx", threads, provider),
+            ort_session(folder / "blip_text_step.onnx", threads, provider),
             int(params["bos_token_id"]), int(params["eos_token_id"]), int(params["pad_token_id"]), int(params["layers"]))
         self.default_max_length = int(params.get("max_length", "20"))
 

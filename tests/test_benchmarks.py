@@ -1,0 +1,68 @@
+"""The benchmark command end to end on the tiny profile (a small sample): it produces a well-formed
+result, table and plots, with every label compared. Speed is not checked here."""
+
+from __future__ import annotations
+
+import json
+
+from benchmarks.run import STAGES, main
+
+
+def test_benchmark_smoke(tiny_profile, repositories, tmp_path, capsys):
+    out = tmp_path / "bench"
+    code = main(["--profile", "tiny", "--models_dir", str(tiny_profile.parent), "--repository",
+                 str(repositories["cpu"]), "--images", "2", "--masks", "3", "--repeats", "2", "--in_flight", "1,2",
+                 "--scaling_masks", "2,4", "--out", str(out)])
+    assert code == 0
+    result = json.loads((out / "result.json").read_text())
+    assert result["sample"]["images"] == 2 and result["sample"]["masks"] == sum(result["sample"]["masks_per_image"])
+    assert result["labels"] == {"equal": result["sample"]["masks"], "total": result["sample"]["masks"]}
+    for engine in ("reference", "triton"):
+        r = result[engine]
+        assert r["images_per_second"] > 0 and r["masks_per_second"] > r["images_per_second"]
+        assert set(r["stage_seconds_per_image"]) == set(STAGES)
+        assert all(v >= 0 for k, v in r["stage_seconds_per_image"].items() if k != "pre/post-processing")
+    assert len(result["triton"]["runs_seconds"]) == 2
+    assert result["triton"]["client_peak_memory_mib"] > 0 and result["triton"]["server_peak_memory_mib"] > 0
+    # batching: every compute model runs once per image at 3 masks per image
+    executions = result["triton"]["model_executions_per_image"]
+    assert executions["ssa_engine"] == 1 and executions["clip_image"] == 1 and executions["oneformer_coco"] == 1
+    assert [r["in_flight"] for r in result["in_flight_sweep"]] == [1, 2]
+    assert [r["masks"] for r in result["masks_scaling"]] == [2, 4]
+    assert result["ratio"] == result["triton"]["images_per_second"] / result["reference"]["images_per_second"]
+    table = (out / "table.md").read_text()
+    assert "| images/s |" in table and "labels equal" in table and table in capsys.readouterr().out
+    for name in ("seconds_per_image_vs_masks", "throughput_vs_in_flight"):
+        assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (out / f"{name}.svg").read_text().lstrip().startswith("<?xml")
+
+
+def test_perf_analyzer_inputs_match_the_model_configs(repositories, example_dir, tmp_path):
+    import base64
+
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    from benchmarks.perf_inputs import make_inputs
+
+    written = make_inputs(repositories["cpu"], example_dir, tmp_path, images=2)
+    assert len(written) == 10
+    itemsize = {model_config_pb2.TYPE_FP32: 4, model_config_pb2.TYPE_INT64: 8, model_config_pb2.TYPE_INT32: 4}
+    for path in written:
+        config = text_format.Parse((repositories["cpu"] / path.stem / "config.pbtxt").read_text(),
+                                   model_config_pb2.ModelConfig())
+        entries = json.loads(path.read_text())["data"]
+        assert entries, path
+        for entry in entries:
+            assert set(entry) <= {t.name for t in config.input}
+            assert {t.name for t in config.input if not t.optional} <= set(entry), path
+            for t in config.input:
+                if t.name not in entry:
+                    continue
+                shape = entry[t.name]["shape"]
+                assert len(shape) == len(t.dims) and all(d == -1 or d == s for d, s in zip(t.dims, shape))
+                if t.data_type != model_config_pb2.TYPE_STRING:
+                    n = 1
+                    for s in shape:
+                        n *= s
+                    assert len(base64.b64decode(entry[t.name]["b64"])) == n * itemsize[t.data_type], (path, t.name)

