@@ -223,7 +223,6 @@ class Run:
 
     async def produce(self, workers: int) -> None:
         """List the sources one by one and queue the items of this shard that are not done yet."""
-        seen_in_source: set[str]
         while True:
             listing = await asyncio.to_thread(next, self.sources, None)
             if listing is None or self.stopped:
@@ -231,8 +230,8 @@ class Run:
             if listing.error is not None:
                 self.summary.failures.append({"file": listing.source, "reason": listing.error.problem})
                 tqdm.write(f"failed: {listing.error}")
-            todo = []
-            seen_in_source = set()
+            todo: list[Item] = []
+            seen_in_source: set[str] = set()
             for item in listing.items:
                 if item.stem not in self.cfg.shard:
                     continue

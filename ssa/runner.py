@@ -1,5 +1,5 @@
 """Running an annotate function over many images in this process, with progress, resume and a
-failures file. (The Triton batch runner in `ssa.client` adds requests in flight and retries.)"""
+failures file (the reference pipeline; the Triton batch runner is `client.runner`)."""
 
 from __future__ import annotations
 
