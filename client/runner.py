@@ -202,6 +202,7 @@ class Run:
         self.sources = sources
         self.queue: asyncio.Queue = asyncio.Queue(maxsize=max(4, 2 * cfg.in_flight * len(cfg.urls)))
         self.returned: deque[Item] = deque()  # items given back by a server that was given up
+        self.in_progress = 0  # items taken by a worker and not finished, failed or given back
         self.summary = RunSummary()
         self.listed = False
         self.stopped = False
@@ -255,60 +256,75 @@ class Run:
             await self.queue.put(None)
 
     async def next_item(self) -> Item | None:
-        if self.returned:
-            return self.returned.popleft()
-        item = await self.queue.get()
-        if item is None and self.returned:  # work given back by a failed server comes first
-            await self.queue.put(None)
-            return self.returned.popleft()
-        return item
+        """The next item to send (work given back by a server that was given up first), or None at
+        the end. The end waits for items still held by other servers: one of them may be given up
+        and its item handed back."""
+        while True:
+            if self.returned:
+                item = self.returned.popleft()
+            else:
+                item = await self.queue.get()
+                if item is None and (self.returned or self.in_progress):
+                    await self.queue.put(None)
+                    await asyncio.sleep(0.2)
+                    continue
+            if item is not None:
+                self.in_progress += 1
+            return item
 
     async def work(self, server: Server) -> None:
-        """One request in flight on `server`, item after item."""
-        cfg = self.cfg
-        while not self.stopped:
+        """One request in flight on `server`, item after item, until the end or the server is given up."""
+        while not self.stopped and not server.given_up:
             item = await self.next_item()
             if item is None:
                 return
             try:
-                payload = await asyncio.to_thread(load_payload, item)
-            except InputError as exc:
-                self.fail({"file": str(exc.source or item.image), "reason": exc.problem})
-                continue
-            inputs = build_inputs(payload.image, payload.document_bytes, cfg.params)
-            strikes = 0
-            while True:
-                try:
-                    result = await server.client.infer(MODEL, inputs, client_timeout=cfg.request_timeout)
-                    server.up()
-                    break
-                except Exception as exc:
-                    message = (exc.message() if hasattr(exc, "message") else str(exc)) or type(exc).__name__
-                    result = None
-                    if not is_transient(exc):
-                        self.fail(failure_of(item, message))
-                        break
-                    # a server that is up yet fails on this image again and again (e.g. a model
-                    # process killed by it) must not stop the run: the image is recorded as failed
-                    if await server.ready_now():
-                        strikes += 1
-                        if strikes >= MAX_STRIKES:
-                            self.fail({"file": str(item.image), "reason": f"the server failed {strikes} times on "
-                                       f"this image while staying up: {message.splitlines()[0]}"})
-                            break
-                    if await server.wait_after_failure(message.splitlines()[0]):
-                        continue
-                    self.returned.append(item)
-                    return
-            if result is None:
-                continue
+                kept = await self.process(server, item)
+            finally:
+                self.in_progress -= 1
+            if not kept:
+                return
+
+    async def process(self, server: Server, item: Item) -> bool:
+        """Send one item and write its outputs, or record its failure; False when `server` was given
+        up (the item is handed back for another server)."""
+        cfg = self.cfg
+        try:
+            payload = await asyncio.to_thread(load_payload, item)
+        except InputError as exc:
+            self.fail({"file": str(exc.source or item.image), "reason": exc.problem})
+            return True
+        inputs = build_inputs(payload.image, payload.document_bytes, cfg.params)
+        strikes = 0
+        while True:
             try:
-                labels = parse_result(result)
-                await asyncio.to_thread(write_result, cfg, self.prov, item, payload, labels)
-            except (InputError, ValueError) as exc:
-                self.fail({"file": str(getattr(exc, "source", None) or item.image), "reason": str(exc)})
-                continue
-            self.done(len(labels))
+                result = await server.client.infer(MODEL, inputs, client_timeout=cfg.request_timeout)
+                server.up()
+                break
+            except Exception as exc:
+                message = (exc.message() if hasattr(exc, "message") else str(exc)) or type(exc).__name__
+                if not is_transient(exc):
+                    self.fail(failure_of(item, message))
+                    return True
+                # a server that is up yet fails on this image again and again (e.g. a model
+                # process killed by it) must not stop the run: the image is recorded as failed
+                if await server.ready_now():
+                    strikes += 1
+                    if strikes >= MAX_STRIKES:
+                        self.fail({"file": str(item.image), "reason": f"the server failed {strikes} times on "
+                                   f"this image while staying up: {message.splitlines()[0]}"})
+                        return True
+                if not await server.wait_after_failure(message.splitlines()[0]):
+                    self.returned.append(item)
+                    return False
+        try:
+            labels = parse_result(result)
+            await asyncio.to_thread(write_result, cfg, self.prov, item, payload, labels)
+        except (InputError, ValueError) as exc:
+            self.fail({"file": str(getattr(exc, "source", None) or item.image), "reason": str(exc)})
+            return True
+        self.done(len(labels))
+        return True
 
     async def run(self) -> RunSummary:
         cfg = self.cfg

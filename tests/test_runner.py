@@ -216,6 +216,27 @@ def test_server_down_too_long_stops_and_a_rerun_resumes(repositories, copied_exa
     assert outputs(out) == expected_copies(folder_run[0])
 
 
+def test_work_of_a_lost_server_goes_to_the_others(repositories, copied_examples, folder_run, tmp_path):
+    lost = EmbeddedServer(repositories["cpu"], log_path=tmp_path / "lost.log").start()
+    out = tmp_path / "out"
+    with EmbeddedServer(repositories["cpu"], log_path=tmp_path / "kept.log") as kept:
+        cmd = [sys.executable, "-m", "ssa", "annotate", "--data", str(copied_examples), "--out_dir", str(out),
+               "--url", lost.url, "--url", kept.url, "--in_flight", "1", "--retry_limit", "2"]
+        log = tmp_path / "runner.log"
+        runner = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+                                  env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"})
+        try:
+            watch_until(out, lambda: len(outputs(out)) >= 2)
+            lost.kill()
+            watch_until(out, lambda: runner.poll() is not None)
+        finally:
+            runner.kill() if runner.poll() is None else None
+            lost.stop()
+    text = log.read_text()
+    assert runner.returncode == 0 and f"server {lost.url} unavailable" in text and "giving it up" in text, text
+    assert outputs(out) == expected_copies(folder_run[0])
+
+
 def test_mismatched_engine_is_refused_at_start(repositories, example_dir, tmp_path):
     repo = tmp_path / "repo"
     shutil.copytree(repositories["cpu"], repo)
