@@ -77,9 +77,14 @@ def _status(exc) -> str:
     return str(status or "").replace("StatusCode.", "")
 
 
+def error_text(exc: Exception) -> str:
+    """The message of a tritonclient InferenceServerException (or any exception)."""
+    return (exc.message() if hasattr(exc, "message") else None) or str(exc) or type(exc).__name__
+
+
 def is_transient(exc) -> bool:
     """Whether a failed request should be retried (server down, restarting, model reloading)."""
-    text = (exc.message() if hasattr(exc, "message") else str(exc)) or str(exc)
+    text = error_text(exc)
     if text.startswith("invalid input:"):
         return False
     return _status(exc) in TRANSIENT_STATUS or any(t in text.lower() for t in TRANSIENT_TEXT)
@@ -107,11 +112,10 @@ class Payload:
 
 def load_payload(item: Item) -> Payload:
     """The bytes to send and the parsed document (to write back); InputError for a bad file."""
-    if item.annotations is None:
-        raise InputError("no annotation file (<stem>.json) beside the image", item.image)
+    annotations = item.annotation_file()
     image = read_input(item.image, "image")
-    text = read_input(item.annotations, "annotation file")
-    return Payload(image, text, parse_document(text, item.annotations))
+    text = read_input(annotations, "annotation file")
+    return Payload(image, text, parse_document(text, annotations))
 
 
 def write_result(cfg: RunnerConfig, prov: dict, item: Item, payload: Payload, labels) -> None:
@@ -173,7 +177,7 @@ class Server:
                     return
                 reason = f"server or {MODEL} not ready"
             except Exception as exc:  # not listening yet, or refusing
-                reason = (exc.message() if hasattr(exc, "message") else str(exc)) or type(exc).__name__
+                reason = error_text(exc)
             if not await self.wait_after_failure(reason.splitlines()[0]):
                 raise ServersUnavailable(f"server {self.url}: {MODEL} not ready after {self.retry_limit:.0f}s "
                                          f"({reason.splitlines()[0]}); is tritonserver running with the generated "
@@ -302,7 +306,7 @@ class Run:
                 server.up()
                 break
             except Exception as exc:
-                message = (exc.message() if hasattr(exc, "message") else str(exc)) or type(exc).__name__
+                message = error_text(exc)
                 if not is_transient(exc):
                     self.fail(failure_of(item, message))
                     return True

@@ -49,6 +49,12 @@ class Item:
     image: Path | TarMember
     annotations: Path | TarMember | None
 
+    def annotation_file(self) -> Path | TarMember:
+        """The annotation file; InputError naming the image when it has none."""
+        if self.annotations is None:
+            raise InputError("no annotation file (<stem>.json) beside the image", self.image)
+        return self.annotations
+
 
 @dataclass(frozen=True)
 class Listing:

@@ -30,11 +30,10 @@ AnnotateFn = Callable[[Item, np.ndarray, MaskSet], list[MaskLabel]]
 
 def load_item(item: Item) -> tuple[np.ndarray, dict, MaskSet]:
     """Image (H, W, 3) uint8, its document and its validated masks; InputError for any problem."""
-    if item.annotations is None:
-        raise InputError("no annotation file (<stem>.json) beside the image", item.image)
+    annotations = item.annotation_file()
     image = load_image(item.image)
-    doc = read_document(item.annotations)
-    return image, doc, decode_annotations(doc, image.shape[:2], item.annotations)
+    doc = read_document(annotations)
+    return image, doc, decode_annotations(doc, image.shape[:2], annotations)
 
 
 def run_in_process(items: Sequence[Item], out_dir: str | Path, annotate: AnnotateFn, engine: str, profile: dict,
