@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from export.specs import SPECS, ModelSpec
+from ssa.graph_models import model_metadata
 from ssa.profiles import load_role_model
 
 MANIFEST = "manifest.json"
@@ -78,18 +79,6 @@ def check_model(spec: ModelSpec, model, path: Path, threads: int = 2) -> dict[st
     return diffs
 
 
-def engine_metadata(models: dict) -> dict:
-    """What the Triton models need to know beyond tensor shapes."""
-    meta = {}
-    if "clip" in models:
-        meta["clip_logit_scale"] = float(models["clip"].logit_scale.exp())
-    if "blip" in models:
-        t = models["blip"].config.text_config
-        meta["blip"] = {"bos_token_id": t.bos_token_id, "eos_token_id": t.sep_token_id,
-                        "pad_token_id": t.pad_token_id, "layers": t.num_hidden_layers}
-    return meta
-
-
 def export_profile(profile_dir: str | Path, out_dir: str | Path, names: list[str] | None = None,
                    log=print) -> dict:
     """Export (and check) every model of `names` (default: all) to `out_dir`; write manifest.json."""
@@ -121,6 +110,6 @@ def export_profile(profile_dir: str | Path, out_dir: str | Path, names: list[str
             "outputs": [{"name": t.name, "dtype": t.dtype, "dims": list(t.dims)} for t in spec.outputs(model)],
             "check": {"outputs": diffs, "atol": spec.atol, "rtol": spec.rtol},
         }
-    manifest.setdefault("metadata", {}).update(engine_metadata(models))
+    manifest.setdefault("metadata", {}).update(model_metadata(models))
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from export import wrappers
+from ssa import wrappers
 
 Dims = tuple[int | str, ...]
 

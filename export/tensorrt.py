@@ -147,7 +147,7 @@ def check_against_ort(plan: bytes, onnx_path: Path, inputs: dict[str, np.ndarray
     """Max |trt - ort| per output; RuntimeError when one exceeds FP16_ATOL + FP16_RTOL * max|ort|."""
     from ssa.onnx_models import ort_session, run_session
 
-    expected = run_session(ort_session(onnx_path), inputs)
+    expected = {k: v.numpy() for k, v in run_session(ort_session(onnx_path), inputs).items()}
     got = run_engine(plan, inputs)
     diffs = {}
     for name, ref in expected.items():

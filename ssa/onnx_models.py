@@ -1,17 +1,21 @@
-"""The exported models in this process with ONNX Runtime: the engine's `TensorModels` without a
-server (export checks, tests, debugging). The Triton CPU target runs the same files the same way."""
+"""The exported models in this process with ONNX Runtime, tensors in and out by DLPack.
+
+`run_session` binds torch tensors (CPU, or CUDA with onnxruntime-gpu) as the session's inputs and
+takes its outputs where ONNX Runtime leaves them, with no copy through NumPy; the Triton Python
+models (`onnx_runtime`, `blip_caption`) run their graphs the same way.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from ssa.decoding import greedy_decode
+from ssa.device import as_ortvalue, from_dlpack
+from ssa.graph_models import GraphModels, TensorFn
 from ssa.preprocess import Processors
-from ssa.text_cache import TextEmbeddingCache, prompt_matrix
 
 
 def ort_session(path: str | Path, threads: int = 2, provider: str = "cpu"):
@@ -39,74 +43,34 @@ def ort_session(path: str | Path, threads: int = 2, provider: str = "cpu"):
     return ort.InferenceSession(str(path), options, providers=providers)
 
 
-def run_session(session, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Run `session` on named inputs; named outputs."""
+def run_session(session, inputs: dict[str, torch.Tensor | np.ndarray]) -> dict[str, torch.Tensor]:
+    """Run `session` on named tensors; named output tensors on the inputs' device (I/O binding:
+    inputs bound in place, outputs left where ONNX Runtime wrote them, both shared by DLPack)."""
+    binding = session.io_binding()
+    held, device = [], torch.device("cpu")
+    for name, value in inputs.items():
+        tensor = torch.from_numpy(np.ascontiguousarray(value)) if isinstance(value, np.ndarray) else value.contiguous()
+        held.append(tensor)  # the bound memory must outlive the run
+        binding.bind_ortvalue_input(name, as_ortvalue(tensor))
+        device = tensor.device
     names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(names, inputs)))
+    for name in names:
+        binding.bind_output(name, device.type, device.index or 0)
+    session.run_with_iobinding(binding)
+    return {name: from_dlpack(value) for name, value in zip(names, binding.get_outputs())}
 
 
-class BlipCaptioner:
-    """Greedy BLIP captions from image embeddings with the prefill + step (key/value cache) graphs."""
-
-    def __init__(self, prefill, step, bos: int, eos: int, pad: int, layers: int):
-        self.prefill_session, self.step_session = prefill, step
-        self.bos, self.eos, self.pad = bos, eos, pad
-        self.self_names = [f"{kv}_{i}" for i in range(layers) for kv in ("key", "value")]
-
-    def _prefill(self, input_ids, image_embeds):
-        out = run_session(self.prefill_session, {"input_ids": input_ids, "image_embeds": image_embeds})
-        state = {f"past_{n}": out[f"present_{n}"] for n in self.self_names}
-        state.update({k: v for k, v in out.items() if k.startswith("cross_")})
-        return out["logits"], state
-
-    def _step(self, input_ids, state, keep):
-        if any(v.shape[0] != keep.shape[0] for v in state.values()):  # some rows finished last step
-            state = {k: v[keep] for k, v in state.items()}
-        out = run_session(self.step_session, {"input_ids": input_ids, **state})
-        state = {**state, **{f"past_{n}": out[f"present_{n}"] for n in self.self_names}}
-        return out["logits"], state
-
-    def __call__(self, image_embeds: np.ndarray, max_length: int) -> np.ndarray:
-        return greedy_decode(self._prefill, self._step, image_embeds, self.bos, self.eos, self.pad, max_length)
+def session_function(session) -> TensorFn:
+    return lambda inputs: run_session(session, inputs)
 
 
-class OnnxModels:
-    """`ssa.engine.TensorModels` over the ONNX files of an export folder (manifest.json)."""
-
-    def __init__(self, export_dir: str | Path, processors: Processors, threads: int = 2):
-        export_dir = Path(export_dir)
-        manifest = json.loads((export_dir / "manifest.json").read_text())
-        self.sessions = {name: ort_session(export_dir / m["file"], threads) for name, m in manifest["models"].items()}
-        meta = manifest["metadata"]
-        self.clip_logit_scale = meta["clip_logit_scale"]
-        b = meta["blip"]
-        self.captioner = BlipCaptioner(self.sessions["blip_text_prefill"], self.sessions["blip_text_step"],
-                                       b["bos_token_id"], b["eos_token_id"], b["pad_token_id"], b["layers"])
-        self.clip_names = TextEmbeddingCache(processors.clip_text, self._encoder("clip_text", "text_embeds"))
-        self.clipseg_names = TextEmbeddingCache(processors.clipseg_text, self._encoder("clipseg_text", "cond"))
-
-    def _encoder(self, model: str, output: str):
-        def encode(input_ids, attention_mask):
-            return self._run(model, input_ids=input_ids, attention_mask=attention_mask)[output]
-
-        return encode
-
-    def _run(self, model: str, **inputs) -> dict[str, np.ndarray]:
-        return run_session(self.sessions[model], inputs)
-
-    def oneformer(self, dataset, pixel_values, task_inputs):
-        return self._run(f"oneformer_{dataset}", pixel_values=pixel_values, task_inputs=task_inputs)["semantic_scores"]
-
-    def blip_caption(self, pixel_values, max_length):
-        return self.captioner(self._run("blip_vision", pixel_values=pixel_values)["image_embeds"], max_length)
-
-    def clip_image(self, pixel_values):
-        return self._run("clip_image", pixel_values=pixel_values)["image_embeds"]
-
-    def clip_text(self, names: Sequence[str]):
-        return self.clip_names(names)
-
-    def clipseg(self, pixel_values, prompts):
-        acts = self._run("clipseg_visual", pixel_values=pixel_values)
-        cond = prompt_matrix(prompts, self.clipseg_names)
-        return self._run("clipseg_decoder", cond=cond, **acts)["logits"]
+def onnx_models(export_dir: str | Path, processors: Processors, threads: int = 2,
+                device: str | torch.device = "cpu") -> GraphModels:
+    """`ssa.engine.TensorModels` over the ONNX files of an export folder (manifest.json), on the CPU
+    or, with onnxruntime-gpu, on a CUDA device."""
+    export_dir, device = Path(export_dir), torch.device(device)
+    manifest = json.loads((export_dir / "manifest.json").read_text())
+    provider = "cuda" if device.type == "cuda" else "cpu"
+    fns = {name: session_function(ort_session(export_dir / m["file"], threads, provider))
+           for name, m in manifest["models"].items()}
+    return GraphModels(fns, manifest["metadata"], processors, device)

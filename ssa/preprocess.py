@@ -1,30 +1,43 @@
-"""Each model's own preprocessing, through the processors saved with the profile.
+"""What the engine needs of a profile's processors: the pixel pipelines of the image processors
+(as `ssa.pixels.ImagePlan`s, run on the engine's device), the tokenizers, OneFormer's task input.
 
-All inputs are (h, w, 3) uint8 RGB arrays. Processors are told the channel layout, so a
-one-pixel crop (1, 1, 3) is never mistaken for a channels-first image.
+The processors are loaded from the profile directory, so the plans follow whatever settings a
+checkpoint ships (sizes, filters, mean and std); settings the device path cannot reproduce are
+refused when the plans are made.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from ssa.resize import resize_bilinear
+from ssa.pixels import ImagePlan
 
 CHANNELS_LAST = "channels_last"
 
 
 @dataclass
 class Processors:
-    """The processors of a profile directory (no model weights): what the engine needs on the CPU."""
+    """The processors of a profile directory (no model weights)."""
 
     oneformer: dict[str, object]  # dataset ("coco" / "ade20k") -> OneFormerProcessor
     blip: object
     clip: object
     clipseg: object
+    plans: dict[str, ImagePlan] = field(init=False)
+    _task_ids: dict[str, np.ndarray] = field(init=False, default_factory=dict)
+    _task_on_device: dict = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.plans = {f"oneformer_{ds}": ImagePlan.from_processor(p.image_processor) for ds, p in self.oneformer.items()}
+        self.plans["blip"] = ImagePlan.from_processor(self.blip.image_processor)
+        self.plans["clip"] = ImagePlan.from_processor(self.clip.image_processor)
+        # CLIPSeg is normalised at the crop's own size, then resized to the engine's side in float
+        self.plans["clipseg"] = ImagePlan.from_processor(self.clipseg.image_processor, resize=False)
 
     @classmethod
     def load(cls, profile_dir: str | Path) -> Processors:
@@ -38,30 +51,18 @@ class Processors:
             clipseg=AutoProcessor.from_pretrained(d / "clipseg"),
         )
 
-    def oneformer_inputs(self, dataset: str, image: np.ndarray) -> dict[str, np.ndarray]:
-        """{"pixel_values": (1, 3, h, w) float32, "task_inputs": (1, 77) int64} for the "semantic" task."""
-        out = self.oneformer[dataset](images=image, task_inputs=["semantic"], return_tensors="np",
-                                      input_data_format=CHANNELS_LAST)
-        # OneFormerProcessor returns task_inputs as a torch tensor whatever return_tensors says
-        return {"pixel_values": np.asarray(out["pixel_values"], dtype=np.float32),
-                "task_inputs": np.asarray(out["task_inputs"], dtype=np.int64)}
+    def task_inputs(self, dataset: str, device: torch.device) -> torch.Tensor:
+        """(1, 77) int64 token ids of OneFormer's "semantic" task prompt, on `device` (made once)."""
+        key = (dataset, str(device))
+        if key not in self._task_on_device:
+            from ssa.device import to_device
 
-    def blip_pixels(self, crops: Sequence[np.ndarray]) -> np.ndarray:
-        """(N, 3, S, S) float32 pixel values of BLIP's processor (resize + normalise)."""
-        return self.blip.image_processor(images=list(crops), return_tensors="np",
-                                         input_data_format=CHANNELS_LAST)["pixel_values"].astype(np.float32)
-
-    def clip_pixels(self, crops: Sequence[np.ndarray]) -> np.ndarray:
-        """(N, 3, 224, 224) float32 pixel values of CLIP's processor (resize, centre crop, normalise)."""
-        return self.clip.image_processor(images=list(crops), return_tensors="np",
-                                         input_data_format=CHANNELS_LAST)["pixel_values"].astype(np.float32)
-
-    def clipseg_pixels(self, crop: np.ndarray, size: int) -> np.ndarray:
-        """(1, 3, size, size) float32: CLIPSeg's normalisation at the crop's own size, then a
-        bilinear resize to size x size (as the published engine does with F.interpolate)."""
-        normalised = self.clipseg.image_processor(images=[crop], do_resize=False, return_tensors="np",
-                                                  input_data_format=CHANNELS_LAST)["pixel_values"]
-        return resize_bilinear(normalised.astype(np.float32), (size, size))
+            processor = self.oneformer[dataset]
+            ids = processor(images=np.zeros((32, 32, 3), np.uint8), task_inputs=["semantic"], return_tensors="np",
+                            input_data_format=CHANNELS_LAST)["task_inputs"]
+            # OneFormerProcessor returns task_inputs as a torch tensor whatever return_tensors says
+            self._task_on_device[key] = to_device(np.asarray(ids, dtype=np.int64), device, "task_inputs")
+        return self._task_on_device[key]
 
     def clip_text(self, names: Sequence[str]) -> dict[str, np.ndarray]:
         """{"input_ids", "attention_mask"}: (N, 77) int64, padded to CLIP's full context."""

@@ -1,5 +1,5 @@
 """Text embeddings by name, each distinct name encoded once (candidate names repeat across masks
-and images: "wall", "sky", "a person")."""
+and images: "wall", "sky", "a person"). Embeddings stay on the encoder's device."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 import numpy as np
+import torch
 
 Tokenize = Callable[[Sequence[str]], dict[str, np.ndarray]]
-Encode = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (input_ids, attention_mask) (N, 77) -> (N, E)
+# (input_ids, attention_mask) (N, 77) int64 host arrays -> (N, E) tensor on the encoder's device
+Encode = Callable[[np.ndarray, np.ndarray], torch.Tensor]
 
 
 class TextEmbeddingCache:
@@ -17,10 +19,10 @@ class TextEmbeddingCache:
 
     def __init__(self, tokenize: Tokenize, encode: Encode, capacity: int = 100_000):
         self.tokenize, self.encode, self.capacity = tokenize, encode, capacity
-        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self.encoded = 0  # names sent to the encoder so far
 
-    def __call__(self, names: Sequence[str]) -> np.ndarray:
+    def __call__(self, names: Sequence[str]) -> torch.Tensor:
         """(N, E) embeddings of `names`, in order; the missing distinct names go in one encoder call."""
         missing = list(dict.fromkeys(n for n in names if n not in self._cache))
         if missing:
@@ -34,10 +36,10 @@ class TextEmbeddingCache:
             out.append(self._cache[name])
         while len(self._cache) > self.capacity:
             self._cache.popitem(last=False)
-        return np.stack(out) if out else np.zeros((0, 0), np.float32)
+        return torch.stack(out) if out else torch.zeros((0, 0))
 
 
-def prompt_matrix(prompts: Sequence[Sequence[str]], embed: Callable[[Sequence[str]], np.ndarray]) -> np.ndarray:
+def prompt_matrix(prompts: Sequence[Sequence[str]], embed: Callable[[Sequence[str]], torch.Tensor]) -> torch.Tensor:
     """(M, K, P) conditional embeddings: K = the longest prompt list; shorter lists repeat their
     first prompt (those extra maps are ignored by the vote)."""
     k = max(len(p) for p in prompts)

@@ -1,5 +1,6 @@
-"""Export-only wrapper modules: each turns one part of a Hugging Face model into a function of
-plain tensors with the names and shapes the Triton models use."""
+"""Wrapper modules: each turns one part of a Hugging Face model into a function of
+plain tensors with the names and shapes the Triton models use. `export/` exports them to ONNX;
+`ssa.torch_models` runs them in PyTorch on any device (the in-process GPU path)."""
 
 from __future__ import annotations
 
