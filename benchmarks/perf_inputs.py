@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 NAMES = ["person", "a red car", "building", "tree", "sky", "grass"]
 PROMPTS = 3  # proposals per mask (top_k) for the CLIPSeg decoder
@@ -52,15 +53,21 @@ def make_inputs(repository: Path, data_dir: Path, out: Path, images: int = 2) ->
     data: dict[str, list[dict]] = {}
     data["ssa_engine"] = [{"image": {"b64": base64.b64encode(i.image.read_bytes()).decode("ascii"), "shape": [1]},
                            "annotations": {"content": [i.annotations.read_text()], "shape": [1]}} for i in items]
+    images = [torch.from_numpy(p) for p in photos]  # the engine's own device preprocessing, on the CPU
+    plans = processors.plans
+
+    def pixels(role: str, image) -> np.ndarray:
+        return plans[role].pixels(image).numpy()
+
     for ds in ("coco", "ade20k"):
-        entries = []
-        for photo in photos:
-            inputs = processors.oneformer_inputs(ds, photo)
-            entries.append({k: tensor(v[0]) for k, v in inputs.items()})
-        data[f"oneformer_{ds}"] = entries
-    data["blip_vision"] = [{"pixel_values": tensor(processors.blip_pixels([p])[0])} for p in photos]
-    data["clip_image"] = [{"pixel_values": tensor(processors.clip_pixels([p])[0])} for p in photos]
-    data["clipseg_visual"] = [{"pixel_values": tensor(processors.clipseg_pixels(p, 512)[0])} for p in photos]
+        task = processors.task_inputs(ds, torch.device("cpu"))[0].numpy()
+        data[f"oneformer_{ds}"] = [{"pixel_values": tensor(pixels(f"oneformer_{ds}", im)), "task_inputs": tensor(task)}
+                                   for im in images]
+    data["blip_vision"] = [{"pixel_values": tensor(pixels("blip", im))} for im in images]
+    data["clip_image"] = [{"pixel_values": tensor(pixels("clip", im))} for im in images]
+    data["clipseg_visual"] = [{"pixel_values": tensor(torch.nn.functional.interpolate(
+        plans["clipseg"].pixels(im)[None], size=(512, 512), mode="bilinear", align_corners=False)[0].numpy())}
+        for im in images]
     for model, encode in (("clip_text", processors.clip_text), ("clipseg_text", processors.clipseg_text)):
         tokens = encode(NAMES)
         data[model] = [{k: tensor(v[j]) for k, v in tokens.items()} for j in range(len(NAMES))]

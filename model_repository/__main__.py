@@ -22,7 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--onnx_dir", type=Path, default=None, help="default artifacts/onnx/<profile>")
     g.add_argument("--out", type=Path, default=None, help="default artifacts/repository/<profile>-<target>")
     g.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads per model (cpu target)")
-    g.add_argument("--engine_instances", type=int, default=1, help="ssa_engine instances (images in parallel)")
+    g.add_argument("--engine_instances", type=int, default=0,
+                   help="ssa_engine instances (default 0: 1 on the cpu target, 2 on the gpu target, so one "
+                        "image's host work overlaps another's models)")
     s = sub.add_parser("serve", help="start the embedded tritonserver on 127.0.0.1 until Ctrl-C")
     s.add_argument("--repository", type=Path, required=True)
     s.add_argument("--grpc_port", type=int, default=8001)

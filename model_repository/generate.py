@@ -30,6 +30,9 @@ DEFAULT_MAX_BATCH = 32
 # gigabytes (CLIPSeg's ViT-B/16 at 512 px holds 32 x 12 x 1025^2 attention weights per layer)
 ROWS_PER_REQUEST = {"cpu": 8, "gpu": DEFAULT_MAX_BATCH}
 ENGINE_MAX_BATCH = 8
+# ssa_engine instances (0 = this default): on a GPU two, so one image's host work (decoding, RLEs,
+# spaCy, tokenizing) runs while the other's models run; on the CPU one, the cores are already busy
+ENGINE_INSTANCES = {"cpu": 1, "gpu": 2}
 TRITON_TYPE = {"FP32": "TYPE_FP32", "INT64": "TYPE_INT64", "INT32": "TYPE_INT32", "STRING": "TYPE_STRING"}
 
 
@@ -96,7 +99,7 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 
 def generate_repository(export_dir: str | Path, profile_dir: str | Path, out_dir: str | Path, target: str = "cpu",
-                        threads: int = 2, engine_instances: int = 1, params: EngineParams = EngineParams()) -> Path:
+                        threads: int = 2, engine_instances: int = 0, params: EngineParams = EngineParams()) -> Path:
     """Write the repository to `out_dir` (replacing it); returns out_dir."""
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; targets are {', '.join(TARGETS)}")
@@ -108,6 +111,8 @@ def generate_repository(export_dir: str | Path, profile_dir: str | Path, out_dir
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True)
     thread_params = {"intra_op_threads": str(threads)}
+    # the Python models that take device tensors must not have them copied to the host first
+    device_tensors = {"FORCE_CPU_ONLY_INPUT_TENSORS": "no"} if target == "gpu" else {}
     cpu = "KIND_CPU"
     gpu = "KIND_GPU" if target == "gpu" else cpu
 
@@ -140,7 +145,7 @@ def generate_repository(export_dir: str | Path, profile_dir: str | Path, out_dir
         "blip_caption", [embeds, {"name": "max_length", "dtype": "INT32", "dims": ["batch", 1]}],
         [{"name": "token_ids", "dtype": "INT64", "dims": ["batch", "tokens"]}], DEFAULT_MAX_BATCH,
         'backend: "python"', gpu, optional=("max_length",),
-        params={**thread_params, **{k: str(v) for k, v in meta["blip"].items()},
+        params={**thread_params, **device_tensors, **{k: str(v) for k, v in meta["blip"].items()},
                 "max_length": str(params.caption_max_length),
                 "execution_provider": "cuda" if target == "gpu" else "cpu"}))
 
@@ -151,11 +156,14 @@ def generate_repository(export_dir: str | Path, profile_dir: str | Path, out_dir
         for f in role_dir.iterdir():
             if f.is_file() and not f.name.endswith((".safetensors", ".bin", ".pt")):
                 _link_or_copy(f, version / "processors" / role_dir.name / f.name)
-    acts = [t["name"] for t in manifest["models"]["clipseg_visual"]["outputs"]]
+    outputs = {name: [t["name"] for t in manifest["models"][name]["outputs"]] for name in COMPUTE}
+    outputs["blip_caption"] = ["token_ids"]
     (out_dir / "ssa_engine" / "config.pbtxt").write_text(model_config(
-        "ssa_engine", ENGINE_INPUTS, ENGINE_OUTPUTS, ENGINE_MAX_BATCH, 'backend: "python"', cpu,
-        instances=engine_instances, optional=("params",),
-        params={"clip_logit_scale": repr(meta["clip_logit_scale"]), "clipseg_acts": ",".join(acts),
+        "ssa_engine", ENGINE_INPUTS, ENGINE_OUTPUTS, ENGINE_MAX_BATCH, 'backend: "python"', gpu,
+        instances=engine_instances or ENGINE_INSTANCES[target], optional=("params",),
+        params={"clip_logit_scale": repr(meta["clip_logit_scale"]),
+                "sub_model_outputs": json.dumps(outputs).replace('"', '\\"'),
+                "device": "cuda" if target == "gpu" else "cpu", **device_tensors,
                 "sub_max_batch_size": str(ROWS_PER_REQUEST[target]),
                 "engine_params": json.dumps(params.to_dict()).replace('"', '\\"'),
                 "profile": manifest["profile"].get("profile", ""),

@@ -25,7 +25,7 @@ def model_metadata(models: dict) -> dict:
     export manifest): CLIP's logit scale, BLIP's start / end / pad ids and decoder depth."""
     meta = {}
     if "clip" in models:
-        meta["clip_logit_scale"] = float(models["clip"].logit_scale.exp())
+        meta["clip_logit_scale"] = float(models["clip"].logit_scale.detach().exp())
     if "blip" in models:
         t = models["blip"].config.text_config
         meta["blip"] = {"bos_token_id": t.bos_token_id, "eos_token_id": t.sep_token_id,

@@ -1,10 +1,10 @@
 """Triton Python model serving one ONNX file with ONNX Runtime (the `cpu` target: the embedded
 tritonserver has only the Python backend). On GPU nodes the same file is served natively by the
-`onnxruntime_onnx` platform instead.
+`onnxruntime_onnx` platform or as a TensorRT plan instead.
 
-Each request runs on its own: a result never depends on which other requests Triton's scheduler
-delivered with it, so outputs are the same whatever the load (within one image, `ssa_engine`
-already sends every mask in one request)."""
+Tensors come in and go out by DLPack (no NumPy copy). Each request runs on its own: a result never
+depends on which other requests Triton's scheduler delivered with it, so outputs are the same
+whatever the load (within one image, `ssa_engine` already sends every mask in one request)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pathlib import Path
 
 import triton_python_backend_utils as pb_utils
 
+from ssa.device import from_dlpack
 from ssa.onnx_models import ort_session, run_session
 
 
@@ -29,9 +30,10 @@ class TritonPythonModel:
         responses = []
         for request in requests:
             try:
-                result = run_session(self.session, {n: pb_utils.get_input_tensor_by_name(request, n).as_numpy()
+                result = run_session(self.session, {n: from_dlpack(pb_utils.get_input_tensor_by_name(request, n))
                                                     for n in self.inputs})
-                responses.append(pb_utils.InferenceResponse([pb_utils.Tensor(n, result[n]) for n in self.outputs]))
+                responses.append(pb_utils.InferenceResponse(
+                    [pb_utils.Tensor.from_dlpack(n, result[n]) for n in self.outputs]))
             except Exception as exc:  # one response per request, whatever happened
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{type(exc).__name__}: {exc}")))
         return responses

@@ -2,76 +2,87 @@
 encoded bytes) + its SA-1B annotations; the response gives, per mask, the class name, the
 proposals, their CLIP scores, the CLIPSeg vote share and the caption.
 
-A BLS model, because the flow branches and loops per image: it runs `ssa.engine.annotate_image`
-with the compute models reached through BLS requests, every mask of the image batched per model.
+A BLS model, because the flow branches and loops per image: it runs `ssa.engine.ImageJob` with the
+compute models reached through BLS requests, every mask of the image batched per model. The
+engine's tensors live on this instance's device (a GPU in the gpu target) and go to the compute
+models by DLPack; each sub-request asks for its outputs in that memory (`preferred_memory`), so
+nothing returns to the host between models. The image stage's independent sub-requests (both
+OneFormers, BLIP, CLIP) are in flight together (`async_exec`), and the requests of one batch are
+interleaved, so one image's CPU work (decoding, spaCy) overlaps another's models.
+
 A bad request (corrupt image, invalid JSON or RLE) gets its own error; the others in the batch
 are unaffected.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
 import numpy as np
+import torch
 import triton_python_backend_utils as pb_utils
 
-from ssa.batching import chunked
-from ssa.engine import EngineParams, annotate_image
+from ssa.device import from_dlpack
+from ssa.engine import DATASETS, EngineParams, ImageInputs, ImageJob, ImageOutputs
 from ssa.errors import InputError
+from ssa.graph_models import GraphModels
 from ssa.images import decode_image
 from ssa.nouns import load_spacy
 from ssa.preprocess import Processors
 from ssa.sa1b import decode_annotations, parse_document
-from ssa.text_cache import TextEmbeddingCache, prompt_matrix
 
 
-def infer(model: str, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
-    """One BLS request; raises RuntimeError with the sub-model's error."""
-    request = pb_utils.InferenceRequest(
-        model_name=model, requested_output_names=outputs,
-        inputs=[pb_utils.Tensor(name, np.ascontiguousarray(value)) for name, value in inputs.items()])
-    response = request.exec()
-    if response.has_error():
-        raise RuntimeError(f"{model}: {response.error().message()}")
-    return {name: pb_utils.get_output_tensor_by_name(response, name).as_numpy() for name in outputs}
+class SubModelError(RuntimeError):
+    pass
 
 
-class TritonModels:
-    """`ssa.engine.TensorModels` over BLS requests to the compute models."""
+class TritonModels(GraphModels):
+    """`ssa.engine.TensorModels` over BLS requests to the compute models, tensors by DLPack."""
 
-    def __init__(self, params: dict[str, str], processors: Processors):
-        self.clip_logit_scale = float(params["clip_logit_scale"])
-        self.max_batch = int(params.get("sub_max_batch_size", "32"))
-        self.clipseg_acts = [n for n in params["clipseg_acts"].split(",") if n]
-        self.clip_names = TextEmbeddingCache(processors.clip_text, self._encoder("clip_text", "text_embeds"))
-        self.clipseg_names = TextEmbeddingCache(processors.clipseg_text, self._encoder("clipseg_text", "cond"))
+    def __init__(self, params: dict[str, str], processors: Processors, device: torch.device):
+        self.outputs = json.loads(params["sub_model_outputs"])  # model -> its output names
+        kind = pb_utils.TRITONSERVER_MEMORY_GPU if device.type == "cuda" else pb_utils.TRITONSERVER_MEMORY_CPU
+        self.memory = pb_utils.PreferredMemory(kind, device.index or 0)
+        fns = {name: self._function(name) for name in self.outputs}
+        super().__init__(fns, {"clip_logit_scale": params["clip_logit_scale"]}, processors, device,
+                         max_rows=int(params.get("sub_max_batch_size", "32")))
 
-    def _run(self, model: str, outputs: list[str], **inputs) -> dict[str, np.ndarray]:
-        return chunked(lambda batch: infer(model, batch, outputs), inputs, self.max_batch)
+    def _request(self, model: str, inputs: dict[str, torch.Tensor]):
+        return pb_utils.InferenceRequest(
+            model_name=model, requested_output_names=self.outputs[model], preferred_memory=self.memory,
+            inputs=[pb_utils.Tensor.from_dlpack(name, value.contiguous()) for name, value in inputs.items()])
 
-    def _encoder(self, model: str, output: str):
-        return lambda ids, mask: self._run(model, [output], input_ids=ids, attention_mask=mask)[output]
+    def _outputs(self, model: str, response) -> dict[str, torch.Tensor]:
+        if response.has_error():
+            raise SubModelError(f"{model}: {response.error().message()}")
+        return {name: from_dlpack(pb_utils.get_output_tensor_by_name(response, name)) for name in self.outputs[model]}
 
-    def oneformer(self, dataset, pixel_values, task_inputs):
-        return infer(f"oneformer_{dataset}", {"pixel_values": pixel_values, "task_inputs": task_inputs},
-                     ["semantic_scores"])["semantic_scores"]
+    def _function(self, model: str):
+        return lambda inputs: self._outputs(model, self._request(model, inputs).exec())
 
-    def blip_caption(self, pixel_values, max_length):
-        embeds = self._run("blip_vision", ["image_embeds"], pixel_values=pixel_values)["image_embeds"]
-        limit = np.full((embeds.shape[0], 1), max_length, np.int32)
-        return self._run("blip_caption", ["token_ids"], image_embeds=embeds, max_length=limit)["token_ids"]
+    async def _run_async(self, model: str, rows: int, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Like `run`, every chunk of rows in flight together."""
+        n = next(iter(inputs.values())).shape[0]
+        step = max(1, min(rows, self.max_rows))
+        requests = [self._request(model, {k: v[i : i + step] for k, v in inputs.items()}) for i in range(0, n, step)]
+        parts = [self._outputs(model, r) for r in await asyncio.gather(*(req.async_exec() for req in requests))]
+        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
-    def clip_image(self, pixel_values):
-        return self._run("clip_image", ["image_embeds"], pixel_values=pixel_values)["image_embeds"]
+    async def _caption_async(self, inputs: ImageInputs) -> torch.Tensor:
+        embeds = (await self._run_async("blip_vision", inputs.rows, pixel_values=inputs.blip))["image_embeds"]
+        limit = torch.full((embeds.shape[0], 1), inputs.caption_max_length, dtype=torch.int32, device=embeds.device)
+        return (await self._run_async("blip_caption", inputs.rows, image_embeds=embeds, max_length=limit))["token_ids"]
 
-    def clip_text(self, names):
-        return self.clip_names(names)
-
-    def clipseg(self, pixel_values, prompts):
-        acts = self._run("clipseg_visual", self.clipseg_acts, pixel_values=pixel_values)
-        cond = prompt_matrix(prompts, self.clipseg_names)
-        return self._run("clipseg_decoder", ["logits"], cond=cond, **acts)["logits"]
+    async def image_stage_async(self, inputs: ImageInputs) -> ImageOutputs:
+        """Both OneFormers, BLIP (vision, then the caption loop) and CLIP's image model in flight together."""
+        *scores, token_ids, clip = await asyncio.gather(
+            *(self._run_async(f"oneformer_{ds}", 1, pixel_values=inputs.oneformer[ds][0],
+                              task_inputs=inputs.oneformer[ds][1]) for ds in DATASETS),
+            self._caption_async(inputs), self._run_async("clip_image", inputs.rows, pixel_values=inputs.clip))
+        return ImageOutputs(semantic_scores={ds: s["semantic_scores"] for ds, s in zip(DATASETS, scores)},
+                            token_ids=token_ids, image_embeds=clip["image_embeds"])
 
 
 def parse_params(request, defaults: EngineParams) -> EngineParams:
@@ -111,26 +122,39 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         folder = Path(args["model_repository"]) / args["model_version"]
+        if params.get("device", "cpu") == "cuda":
+            self.device = torch.device("cuda", int(args.get("model_instance_device_id", 0)))
+            torch.cuda.set_device(self.device)
+        else:
+            self.device = torch.device("cpu")
         self.processors = Processors.load(folder / "processors")
-        self.models = TritonModels(params, self.processors)
+        self.models = TritonModels(params, self.processors, self.device)
         self.defaults = EngineParams(**json.loads(params.get("engine_params", "{}")))
         self.nlp = load_spacy(params.get("spacy_pipeline") or None)
+        # images of one batch in progress at once in this instance (CPU work of one overlaps the
+        # sub-requests of another; more only holds more memory)
+        self.images_in_progress = int(params.get("images_in_progress", "2"))
 
-    def _annotate(self, request):
+    async def _annotate(self, request):
         params = parse_params(request, self.defaults)
         image = decode_image(bytes_of(request, "image"), "image")
         doc = parse_document(bytes_of(request, "annotations"), "annotations")
         masks = decode_annotations(doc, image.shape[:2], "annotations")
-        labels = annotate_image(image, masks, self.models, self.processors, params, self.nlp)
-        return label_tensors(labels, params.top_k)
+        if len(masks) == 0:
+            return label_tensors([], params.top_k)
+        job = ImageJob(image, masks, self.models, self.processors, params, self.nlp)
+        outputs = await self.models.image_stage_async(job.image_inputs())
+        return label_tensors(job.finish(outputs), params.top_k)
 
-    def execute(self, requests):
-        responses = []
-        for request in requests:
+    async def _respond(self, request, slots: asyncio.Semaphore):
+        async with slots:
             try:
-                responses.append(pb_utils.InferenceResponse(self._annotate(request)))
+                return pb_utils.InferenceResponse(await self._annotate(request))
             except InputError as exc:
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"invalid input: {exc}")))
+                return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"invalid input: {exc}"))
             except Exception as exc:  # a failed sub-model or a bug: still one response per request
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{type(exc).__name__}: {exc}")))
-        return responses
+                return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{type(exc).__name__}: {exc}"))
+
+    async def execute(self, requests):
+        slots = asyncio.Semaphore(self.images_in_progress)  # made on the loop that runs this call
+        return list(await asyncio.gather(*(self._respond(r, slots) for r in requests)))
