@@ -35,15 +35,28 @@ def top_k(scores: np.ndarray, k: int) -> list[int]:
     return [int(i) for i in np.argsort(-np.asarray(scores), kind="stable")[:k]]
 
 
+def clip_logits(image_embed: np.ndarray, text_embeds: np.ndarray, logit_scale: float) -> np.ndarray:
+    """(N,) float64 CLIP logits of one (E,) image embedding against (N, E) text embeddings."""
+    return float(logit_scale) * (text_embeds.astype(np.float64) @ image_embed.astype(np.float64))
+
+
+def logit_margin(logits: np.ndarray, k: int) -> float:
+    """The smallest gap between consecutive logits among the k + 1 best: how close the top-k choice
+    and its order came to a tie (inf with one candidate)."""
+    best = np.sort(np.asarray(logits, dtype=np.float64))[::-1][: k + 1]
+    return float(np.min(best[:-1] - best[1:])) if best.size > 1 else float("inf")
+
+
 def clip_proposals(
     image_embed: np.ndarray, text_embeds: np.ndarray, logit_scale: float, names: Sequence[str], k: int
-) -> tuple[list[str], list[float]]:
+) -> tuple[list[str], list[float], float]:
     """CLIP's top-k of `names` for one crop.
 
     image_embed: (E,) L2-normalised image embedding; text_embeds: (N, E) L2-normalised, one per name.
-    Returns the k = min(k, N) best names and their softmax probabilities over all N names.
+    Returns the k = min(k, N) best names, their softmax probabilities over all N names, and the
+    decision's `logit_margin`.
     """
-    logits = float(logit_scale) * (text_embeds.astype(np.float64) @ image_embed.astype(np.float64))
+    logits = clip_logits(image_embed, text_embeds, logit_scale)
     probs = softmax(logits)
     best = top_k(probs, k)
-    return [names[i] for i in best], [float(probs[i]) for i in best]
+    return [names[i] for i in best], [float(probs[i]) for i in best], logit_margin(logits, k)

@@ -27,6 +27,7 @@ from ssa.nouns import load_spacy, noun_phrases_batch
 from ssa.pixels import crop_tensor
 from ssa.preprocess import Processors
 from ssa.sa1b import MaskSet
+from ssa.voting import count_margin
 
 DATASETS = ("coco", "ade20k")
 # bytes of one chunk of resized class maps (OneFormer: classes x H x W float32)
@@ -67,6 +68,10 @@ class MaskLabel:
     proposal_scores: list[float]  # CLIP softmax probability of each proposal, over all candidates
     vote_share: float  # share of the (huge-cropped) mask's pixels that CLIPSeg gave to class_name
     caption: str
+    # how far each decision was from a tie (benchmarks: agreement on decisions that are not near-ties):
+    # "close_set" (OneFormer majority votes, share of the mask), "clip" (logit gap at the top-k
+    # boundary and order), "clipseg" (vote, share of the mask); not written to outputs
+    margins: dict[str, float] | None = None
 
     def fields(self) -> dict:
         """The fields added to an SA-1B annotation."""
@@ -144,14 +149,16 @@ class DeviceMasks:
     def __len__(self) -> int:
         return len(self.regions)
 
-    def votes(self, label_map: torch.Tensor, num_classes: int) -> torch.Tensor:
-        """(N,) int64 device tensor: per mask, the most frequent class of the (H, W) `label_map`
-        inside it (ties to the lowest class)."""
-        best = []
+    def votes(self, label_map: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per mask, the most frequent class of the (H, W) `label_map` inside it (ties to the lowest
+        class) and the vote's margin ((best - runner-up) / pixels): two (N,) device tensors."""
+        best, margin = [], []
         for (y0, x0, y1, x1), region in zip(self.extents, self.regions):
             counts = torch.bincount(label_map[y0:y1, x0:x1][region], minlength=num_classes)
             best.append(torch.argmax(counts))
-        return torch.stack(best)
+            top = torch.topk(counts, 2).values.double()
+            margin.append((top[0] - top[1]) / counts.sum().clamp(min=1))
+        return torch.stack(best), torch.stack(margin)
 
     def crop(self, i: int, box: Box) -> torch.Tensor:
         """(box.height, box.width) bool tensor: mask i inside the inclusive `box`."""
@@ -218,11 +225,14 @@ class ImageJob:
 
     def finish(self, out: ImageOutputs) -> list[MaskLabel]:
         n, p = len(self.masks), self.params
-        close = []
+        close, close_margins = [], []
         for ds in DATASETS:
             label_map = resized_argmax(out.semantic_scores[ds][0], self.size)
-            close.append(self.masks.votes(label_map, len(class_names(ds))))
+            best, margin = self.masks.votes(label_map, len(class_names(ds)))
+            close.append(best)
+            close_margins.append(margin)
         close_ids = to_host(torch.stack(close, dim=1), "close_set_votes")  # (N, 2)
+        close_margin = to_host(torch.stack(close_margins, dim=1).min(dim=1).values, "close_set_votes")
         close_set = [[class_names(ds)[int(c)] for ds, c in zip(DATASETS, row)] for row in close_ids]
 
         captions = [self.processors.caption_text(ids) for ids in to_host(out.token_ids, "token_ids")]
@@ -236,7 +246,7 @@ class ImageJob:
                                     self.models.clip_logit_scale, cands, p.top_k)
                      for i, cands in enumerate(candidates)]
 
-        k_max = max(len(names) for names, _ in proposals)
+        k_max = max(len(names) for names, *_ in proposals)
         counts = torch.zeros((n, k_max), dtype=torch.int64, device=self.device)
         totals = torch.zeros(n, dtype=torch.int64, device=self.device)
         huge = self._boxes(p.scale_huge)
@@ -256,10 +266,12 @@ class ImageJob:
         counts, totals = to_host(counts, "clipseg_votes"), to_host(totals, "clipseg_votes")
 
         labels = []
-        for i, (names, scores) in enumerate(proposals):
-            winner = int(np.argmax(counts[i, : len(names)]))  # ties to the earliest proposal
-            share = float(counts[i, winner] / totals[i]) if totals[i] else 0.0
-            labels.append(MaskLabel(names[winner], names, scores, share, captions[i]))
+        for i, (names, scores, clip_margin) in enumerate(proposals):
+            votes = counts[i, : len(names)]
+            winner = int(np.argmax(votes))  # ties to the earliest proposal
+            share = float(votes[winner] / totals[i]) if totals[i] else 0.0
+            margins = {"close_set": float(close_margin[i]), "clip": clip_margin, "clipseg": count_margin(votes)}
+            labels.append(MaskLabel(names[winner], names, scores, share, captions[i], margins))
         return labels
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ssa.candidates import softmax, top_k, union_candidates
+from ssa.candidates import logit_margin, softmax, top_k, union_candidates
 from ssa.engine import DATASETS, EngineParams, MaskLabel
 from ssa.geometry import crop, crop_box
 from ssa.labels import class_names
@@ -22,7 +22,7 @@ from ssa.preprocess import CHANNELS_LAST
 from ssa.profiles import ROLES, load_role_model
 from ssa.sa1b import MaskSet
 from ssa.timing import NO_TIMER
-from ssa.voting import majority_class, pixel_vote
+from ssa.voting import class_counts, count_margin, pixel_vote
 
 
 @dataclass
@@ -32,6 +32,7 @@ class TorchModels:
     profile: dict
     models: dict
     processors: dict
+    device: str = "cpu"
 
     @classmethod
     def load(cls, profile_dir: str | Path, device: str = "cpu") -> TorchModels:
@@ -44,7 +45,7 @@ class TorchModels:
         for role in ROLES:
             models[role] = load_role_model(d / role, role).to(device)
             processors[role] = AutoProcessor.from_pretrained(d / role)
-        return cls(json.loads((d / "profile.json").read_text()), models, processors)
+        return cls(json.loads((d / "profile.json").read_text()), models, processors, device)
 
 
 def semantic_map(models: TorchModels, dataset: str, image: np.ndarray):
@@ -53,7 +54,8 @@ def semantic_map(models: TorchModels, dataset: str, image: np.ndarray):
 
     role = f"oneformer_{dataset}"
     processor, model = models.processors[role], models.models[role]
-    inputs = processor(images=image, task_inputs=["semantic"], return_tensors="pt", input_data_format=CHANNELS_LAST)
+    inputs = processor(images=image, task_inputs=["semantic"], return_tensors="pt",
+                       input_data_format=CHANNELS_LAST).to(models.device)
     with torch.no_grad():
         outputs = model(**inputs)
     return processor.post_process_semantic_segmentation(outputs, target_sizes=[image.shape[:2]])[0]
@@ -64,23 +66,25 @@ def caption(models: TorchModels, patch: np.ndarray, max_length: int) -> str:
     import torch
 
     processor, model = models.processors["blip"], models.models["blip"]
-    inputs = processor(images=patch, return_tensors="pt", input_data_format=CHANNELS_LAST)
+    inputs = processor(images=patch, return_tensors="pt", input_data_format=CHANNELS_LAST).to(models.device)
     with torch.no_grad():
         out = model.generate(**inputs, max_length=max_length, do_sample=False, num_beams=1)
-    return processor.decode(out[0], skip_special_tokens=True).strip()
+    return processor.decode(out[0].cpu(), skip_special_tokens=True).strip()
 
 
 def clip_classification(models: TorchModels, patch: np.ndarray, names: list[str], k: int):
-    """CLIP's top-k of `names` for one crop: (names best first, their softmax probabilities)."""
+    """CLIP's top-k of `names` for one crop: (names best first, their softmax probabilities, the
+    decision's logit margin)."""
     import torch
 
     processor, model = models.processors["clip"], models.models["clip"]
-    inputs = processor(text=names, images=patch, return_tensors="pt", padding=True, input_data_format=CHANNELS_LAST)
+    inputs = processor(text=names, images=patch, return_tensors="pt", padding=True,
+                       input_data_format=CHANNELS_LAST).to(models.device)
     with torch.no_grad():
-        logits = model(**inputs).logits_per_image[0].double().numpy()
+        logits = model(**inputs).logits_per_image[0].double().cpu().numpy()
     probs = softmax(logits)
     best = top_k(probs, k)
-    return [names[i] for i in best], [float(probs[i]) for i in best]
+    return [names[i] for i in best], [float(probs[i]) for i in best], logit_margin(logits, k)
 
 
 def clipseg_segmentation(models: TorchModels, patch: np.ndarray, names: list[str], size: int):
@@ -90,7 +94,7 @@ def clipseg_segmentation(models: TorchModels, patch: np.ndarray, names: list[str
 
     processor, model = models.processors["clipseg"], models.models["clipseg"]
     inputs = processor(text=names, images=[patch] * len(names), padding=True, return_tensors="pt",
-                       do_resize=False, input_data_format=CHANNELS_LAST)
+                       do_resize=False, input_data_format=CHANNELS_LAST).to(models.device)
     h, w = inputs["pixel_values"].shape[-2:]
     inputs["pixel_values"] = F.interpolate(inputs["pixel_values"], size=(size, size), mode="bilinear",
                                            align_corners=False)
@@ -109,13 +113,15 @@ def annotate_image(image: np.ndarray, mask_set: MaskSet, models: TorchModels,
     nlp = nlp or load_spacy()
     size = image.shape[:2]
     with timer("oneformer"):
-        maps = {ds: semantic_map(models, ds, image).numpy() for ds in DATASETS}
+        maps = {ds: semantic_map(models, ds, image).cpu().numpy() for ds in DATASETS}
     labels = []
     for mask, bbox in zip(mask_set.masks, mask_set.bboxes):
-        close_set = []
+        close_set, close_margin = [], 1.0
         for ds in DATASETS:
             table = class_names(ds)
-            close_set.append(table[majority_class(maps[ds], mask, len(table))])
+            counts = class_counts(maps[ds], mask, len(table))
+            close_set.append(table[int(np.argmax(counts))])
+            close_margin = min(close_margin, count_margin(counts))
         patch_small = crop(image, crop_box(bbox, params.scale_small, size))
         patch_large = crop(image, crop_box(bbox, params.scale_large, size))
         huge_box = crop_box(bbox, params.scale_huge, size)
@@ -123,9 +129,10 @@ def annotate_image(image: np.ndarray, mask_set: MaskSet, models: TorchModels,
             text = caption(models, patch_large, params.caption_max_length)
         candidates = union_candidates(close_set, noun_phrases(text, nlp))
         with timer("clip"):
-            proposals, scores = clip_classification(models, patch_small, candidates, params.top_k)
+            proposals, scores, clip_margin = clip_classification(models, patch_small, candidates, params.top_k)
         with timer("clipseg"):
-            winners = clipseg_segmentation(models, crop(image, huge_box), proposals, params.clipseg_size).numpy()
-        winner, share = pixel_vote(winners, crop(mask, huge_box), len(proposals))
-        labels.append(MaskLabel(proposals[winner], proposals, scores, share, text))
+            winners = clipseg_segmentation(models, crop(image, huge_box), proposals, params.clipseg_size).cpu().numpy()
+        winner, share, vote_margin = pixel_vote(winners, crop(mask, huge_box), len(proposals))
+        margins = {"close_set": close_margin, "clip": clip_margin, "clipseg": vote_margin}
+        labels.append(MaskLabel(proposals[winner], proposals, scores, share, text, margins))
     return labels

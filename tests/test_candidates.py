@@ -27,13 +27,13 @@ def test_top_k_breaks_ties_by_lowest_index(scores, k, expected):
 
 
 def test_clip_proposals_one_candidate():
-    names, scores = clip_proposals(np.array([1.0, 0.0]), np.array([[0.0, 1.0]]), 100.0, ["cat"], 3)
+    names, scores, _ = clip_proposals(np.array([1.0, 0.0]), np.array([[0.0, 1.0]]), 100.0, ["cat"], 3)
     assert names == ["cat"] and scores == [1.0]
 
 
 def test_clip_proposals_ranks_by_similarity():
     text = np.eye(3)
-    names, scores = clip_proposals(np.array([0.0, 0.8, 0.6]), text, 100.0, ["a", "b", "c"], 2)
+    names, scores, _ = clip_proposals(np.array([0.0, 0.8, 0.6]), text, 100.0, ["a", "b", "c"], 2)
     assert names == ["b", "c"]
     assert scores[0] > scores[1] and np.isclose(sum(softmax(100.0 * text @ np.array([0.0, 0.8, 0.6]))), 1.0)
 
@@ -48,8 +48,8 @@ def test_majority_class_ties_to_lowest():
 def test_pixel_vote_counts_inside_mask_only():
     winners = np.array([[0, 0, 1], [2, 2, 2]])
     mask = np.array([[1, 1, 1], [0, 0, 0]], bool)
-    assert pixel_vote(winners, mask, 3) == (0, pytest.approx(2 / 3))
-    assert pixel_vote(winners, np.zeros_like(mask), 3) == (0, 0.0)  # empty cropped mask: first proposal
+    assert pixel_vote(winners, mask, 3)[:2] == (0, pytest.approx(2 / 3))
+    assert pixel_vote(winners, np.zeros_like(mask), 3)[:2] == (0, 0.0)  # empty cropped mask: first proposal
 
 
 def test_pixel_vote_resizes_mask_by_nearest_neighbour():
@@ -57,7 +57,7 @@ def test_pixel_vote_resizes_mask_by_nearest_neighbour():
     winners[:, 2:] = 1
     mask = np.array([[0, 1], [0, 1]], bool)  # right half at half resolution
     assert resize_nearest(mask, (4, 4)).sum() == 8
-    assert pixel_vote(winners, mask, 2) == (1, 1.0)
+    assert pixel_vote(winners, mask, 2)[:2] == (1, 1.0)
 
 
 @pytest.mark.parametrize(
