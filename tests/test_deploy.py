@@ -180,3 +180,86 @@ def test_gpu_smoke_script_is_complete():
                  "python -m benchmarks"):
         assert step in text, step
     assert os.access(ROOT / "scripts/gpu_smoke.sh", os.X_OK)
+
+
+# The Python of the NGC images the Dockerfile and the compose file build on (release 24.12 and
+# later: Ubuntu 24.04, Python 3.12, glibc 2.39) and their platform tags, for pip's resolver.
+IMAGE_PYTHON = "3.12"
+IMAGE_PLATFORMS = ["manylinux_2_39_x86_64", "manylinux_2_35_x86_64", "manylinux_2_28_x86_64",
+                   "manylinux_2_27_x86_64", "manylinux_2_24_x86_64", "manylinux_2_17_x86_64",
+                   "manylinux2014_x86_64", "manylinux1_x86_64", "linux_x86_64"]
+
+
+def pip_requirements(command: str, variables: dict[str, str]) -> list[list[str]]:
+    """The requirement specs of every `pip install` in a shell command (options and local paths
+    dropped, ${VAR} substituted)."""
+    import shlex
+
+    command = re.sub(r"\$\{(\w+)\}", lambda m: variables[m.group(1)], command)
+    lexer = shlex.shlex(command, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    segments, words = [], []
+    for token in lexer:
+        if token in ("&&", ";", "||", "|"):
+            segments.append(words)
+            words = []
+        else:
+            words.append(token)
+    segments.append(words)
+    found = []
+    for segment in segments:
+        if segment[:2] == ["pip", "install"]:
+            specs = [w for w in segment[2:] if not w.startswith("-") and w not in (".", "-e")]
+            if specs:
+                found.append(specs)
+    return found
+
+
+def dockerfile_and_compose_installs() -> list[tuple[str, list[str]]]:
+    text = (ROOT / "Dockerfile").read_text()
+    variables = dict(re.findall(r"^ARG (\w+)=(\S+)$", text, re.M))
+    installs = []
+    for run in re.findall(r"^RUN (.+)$", text.replace("\\\n", " "), re.M):
+        installs += [("Dockerfile", specs) for specs in pip_requirements(run, variables)]
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    for name, service in compose["services"].items():
+        command = service.get("command")
+        if isinstance(command, list) and command[:2] == ["bash", "-c"]:
+            command = re.sub(r"\$\{(\w+):-([^}]*)\}", r"\2", command[-1])
+            installs += [(f"docker-compose.yml:{name}", specs) for specs in pip_requirements(command, {})]
+    return installs
+
+
+def test_the_images_are_the_release_with_python_3_12():
+    text = (ROOT / "Dockerfile").read_text()
+    release = re.search(r"^ARG TRITON_RELEASE=(\S+)$", text, re.M).group(1)
+    assert tuple(int(v) for v in release.split(".")) >= (24, 12)  # Ubuntu 24.04, Python 3.12
+    compose = (ROOT / "docker-compose.yml").read_text()
+    defaults = set(re.findall(r"\$\{TRITON_RELEASE:-([^}]+)\}", compose))
+    assert defaults == {release}  # the server, SDK and engine-building images of one release
+
+
+def test_every_pip_install_of_the_images_resolves():
+    """pip resolves each `pip install` of the Dockerfile and the compose commands for the images'
+    Python and platform (binary wheels only; PyPI's metadata, no downloads of the wheels), so an
+    impossible pin fails here, not on a GPU node. Needs PyPI (CI has it); SSA_OFFLINE=1 skips."""
+    import os
+    import subprocess
+    import sys
+
+    if os.environ.get("SSA_OFFLINE") == "1":
+        pytest.skip("SSA_OFFLINE=1: PyPI not reachable here")
+    installs = dockerfile_and_compose_installs()
+    assert {where.split(":")[0] for where, _ in installs} == {"Dockerfile", "docker-compose.yml"}
+    assert any("onnxruntime-gpu" in s for _, specs in installs for s in specs)
+    platform_args = [a for p in IMAGE_PLATFORMS for a in ("--platform", p)]
+    failures = []
+    for where, specs in installs:
+        cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
+               "--disable-pip-version-check", "--target", "/tmp/ssa-pin-check", "--only-binary=:all:",
+               "--implementation", "cp", "--python-version", IMAGE_PYTHON, *platform_args, *specs]
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        if result.returncode != 0:
+            errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR")]
+            failures.append(f"{where}: {' '.join(specs)}\n  " + "\n  ".join(errors[-3:]))
+    assert not failures, "\n".join(failures)
