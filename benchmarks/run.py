@@ -110,13 +110,13 @@ def mask_counts(data_dir: Path) -> list[int]:
     return [len(json.loads(p.read_text())["annotations"]) for p in sorted(data_dir.glob("*.json"))]
 
 
-def run_reference(profile_dir: Path, data_dir: Path, repeats: int) -> dict:
+def run_reference(profile_dir: Path, data_dir: Path, repeats: int, device: str = "cpu") -> dict:
     from ssa.dataset import folder_items
     from ssa.reference import TorchModels, annotate_image
     from ssa.runner import load_item
     from ssa.timing import StageTimer
 
-    models = TorchModels.load(profile_dir)
+    models = TorchModels.load(profile_dir, device=device)
     loaded = [(item.stem, *load_item(item)) for item in folder_items(data_dir)]
     runs, labels, timer = [], {}, StageTimer()
     for _ in range(repeats):
@@ -298,6 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--url", default=None, metavar="HOST:PORT",
                    help="benchmark a running tritonserver (e.g. the GPU deployment of docker-compose.yml) "
                         "instead of starting the embedded one; its memory is then not measured")
+    p.add_argument("--reference_device", default="cpu",
+                   help="torch device of the reference pipeline (default cpu; cuda to compare a GPU server "
+                        "with the reference on the same GPU)")
     p.add_argument("--out", type=Path, default=None, help="result folder (default artifacts/bench/<profile>)")
     return p
 
@@ -318,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     n_images, n_masks = len(per_image), sum(per_image)
 
     print(f"reference: {n_images} images, {n_masks} masks ...", file=sys.stderr)
-    ref = run_reference(profile_dir, dirs["compare"], args.reference_repeats)
+    ref = run_reference(profile_dir, dirs["compare"], args.reference_repeats, args.reference_device)
     ref_seconds = statistics.median(ref["runs_seconds"])
     reference = {"seconds_per_image": ref_seconds / n_images, "images_per_second": n_images / ref_seconds,
                  "masks_per_second": n_masks / ref_seconds, "runs_seconds": ref["runs_seconds"],
