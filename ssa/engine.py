@@ -5,7 +5,7 @@ The image goes up once (uint8), each mask as the pixels of its own extent (a pac
 image-sized array); crops, resizes, normalisation, OneFormer's map resize + argmax, the close-set
 majority votes and CLIPSeg's resize + vote run there. Only token ids, names, small score vectors
 and the answers come back. The models are injected (`TensorModels`), so ONNX Runtime or PyTorch
-in-process and Triton share this code. docs/algorithm.md states the algorithm; the reference
+in-process and Triton share this code. docs/data_plane.md says where every tensor lives; the reference
 pipeline (`ssa.reference`) runs it one mask at a time with PyTorch, for comparison.
 """
 
@@ -36,7 +36,7 @@ RESIZE_CHUNK_BYTES = 256 << 20
 
 @dataclass(frozen=True)
 class EngineParams:
-    """Parameters of the algorithm (docs/algorithm.md defaults)."""
+    """Parameters of the algorithm (the published engine's defaults)."""
 
     top_k: int = 3
     scale_small: float = 1.2  # CLIP crop

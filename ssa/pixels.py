@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -39,9 +40,11 @@ def _filter(kind: int, x: torch.Tensor) -> torch.Tensor:
     return torch.where(x < 1.0, near, torch.where(x < 2.0, far, torch.zeros_like(x)))
 
 
-def resample_matrix(in_size: int, out_size: int, kind: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """(in_size, out_size) float64 integer weights of one Pillow resampling pass (`precompute_coeffs`
-    then `normalize_coeffs_8bpc` of Pillow's Resample.c), column j holding output pixel j's taps."""
+@lru_cache(maxsize=8192)
+def _taps(in_size: int, out_size: int, kind: int, device: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(rows, columns, weights) of one Pillow resampling pass: Pillow's `precompute_coeffs` then
+    `normalize_coeffs_8bpc` (Resample.c), in float64 with Pillow's order of operations. Cached: crop
+    sizes repeat across masks and images, and each computation is some thirty small kernels."""
     if kind not in _SUPPORT:
         raise ValueError(f"resampling filter {kind} is not supported (bilinear {BILINEAR} or bicubic {BICUBIC})")
     scale = in_size / out_size
@@ -61,12 +64,18 @@ def resample_matrix(in_size: int, out_size: int, kind: int, device: torch.device
     weights = torch.where(total[:, None] != 0, weights / total[:, None], weights)
     unit = float(1 << PRECISION_BITS)
     fixed = torch.where(weights < 0, torch.trunc(-0.5 + weights * unit), torch.trunc(0.5 + weights * unit))
-    rows = (xmin[:, None] + taps[None, :]).long().clamp(max=in_size - 1)
-    matrix = torch.zeros(in_size, out_size, **f64)
-    # taps past xmax carry weight 0 (and may point at a clamped row already used: add, never overwrite)
-    matrix.index_put_((rows.reshape(-1), torch.arange(out_size, device=device).repeat_interleave(ksize)),
-                      fixed.reshape(-1), accumulate=True)
-    return matrix
+    # taps past xmax carry weight 0 (and may point at a clamped row already used: added, never overwriting)
+    rows = (xmin[:, None] + taps[None, :]).long().clamp(max=in_size - 1).reshape(-1)
+    columns = torch.arange(out_size, device=device).repeat_interleave(ksize)
+    return rows, columns, fixed.reshape(-1)
+
+
+def resample_matrix(in_size: int, out_size: int, kind: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(in_size, out_size) float64 integer weights of one Pillow resampling pass, column j holding
+    output pixel j's taps (22 fractional bits)."""
+    rows, columns, weights = _taps(in_size, out_size, kind, str(device))
+    matrix = torch.zeros(in_size, out_size, dtype=torch.float64, device=device)
+    return matrix.index_put_((rows, columns), weights, accumulate=True)
 
 
 def _round_pass(acc: torch.Tensor) -> torch.Tensor:
