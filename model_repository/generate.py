@@ -33,6 +33,9 @@ ENGINE_MAX_BATCH = 8
 # ssa_engine instances (0 = this default): on a GPU two, so one image's host work (decoding, RLEs,
 # spaCy, tokenizing) runs while the other's models run; on the CPU one, the cores are already busy
 ENGINE_INSTANCES = {"cpu": 1, "gpu": 2}
+# images of one request batch an ssa_engine instance works on at once: on a GPU two, so one image's
+# host work runs while the other's sub-requests are in flight; on the CPU one (nothing to overlap)
+IMAGES_IN_PROGRESS = {"cpu": 1, "gpu": 2}
 TRITON_TYPE = {"FP32": "TYPE_FP32", "INT64": "TYPE_INT64", "INT32": "TYPE_INT32", "STRING": "TYPE_STRING"}
 
 
@@ -164,6 +167,7 @@ def generate_repository(export_dir: str | Path, profile_dir: str | Path, out_dir
         params={"clip_logit_scale": repr(meta["clip_logit_scale"]),
                 "sub_model_outputs": json.dumps(outputs).replace('"', '\\"'),
                 "device": "cuda" if target == "gpu" else "cpu", **device_tensors,
+                "images_in_progress": str(IMAGES_IN_PROGRESS[target]),
                 "sub_max_batch_size": str(ROWS_PER_REQUEST[target]),
                 "engine_params": json.dumps(params.to_dict()).replace('"', '\\"'),
                 "profile": manifest["profile"].get("profile", ""),

@@ -1,21 +1,24 @@
 """The exported models in this process with ONNX Runtime, tensors in and out by DLPack.
 
-`run_session` binds torch tensors (CPU, or CUDA with onnxruntime-gpu) as the session's inputs and
-takes its outputs where ONNX Runtime leaves them, with no copy through NumPy; the Triton Python
-models (`onnx_runtime`, `blip_caption`) run their graphs the same way.
+`run_bound` binds DLPack tensors (torch, Triton's) as a session's inputs in place and leaves its
+outputs where ONNX Runtime wrote them (CPU, or CUDA with onnxruntime-gpu), with no copy through
+NumPy; `run_session` does the same for torch tensors. This module imports torch only where torch
+tensors are asked for, so the Triton `onnx_runtime` models start without it.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from ssa.device import as_ortvalue, from_dlpack
-from ssa.graph_models import GraphModels, TensorFn
-from ssa.preprocess import Processors
+if TYPE_CHECKING:
+    import torch
+
+    from ssa.graph_models import GraphModels, TensorFn
+    from ssa.preprocess import Processors
 
 
 def ort_session(path: str | Path, threads: int = 2, provider: str = "cpu"):
@@ -43,21 +46,34 @@ def ort_session(path: str | Path, threads: int = 2, provider: str = "cpu"):
     return ort.InferenceSession(str(path), options, providers=providers)
 
 
-def run_session(session, inputs: dict[str, torch.Tensor | np.ndarray]) -> dict[str, torch.Tensor]:
-    """Run `session` on named tensors; named output tensors on the inputs' device (I/O binding:
-    inputs bound in place, outputs left where ONNX Runtime wrote them, both shared by DLPack)."""
+def run_bound(session, inputs: dict, device: tuple[str, int] = ("cpu", 0)) -> dict:
+    """Run `session` with I/O binding on named OrtValues (or objects ONNX Runtime can take by
+    DLPack); named output OrtValues, left on `device` (type, index) where ONNX Runtime wrote them.
+    The objects behind the inputs must live until this returns."""
+    import onnxruntime as ort
+
     binding = session.io_binding()
-    held, device = [], torch.device("cpu")
     for name, value in inputs.items():
-        tensor = torch.from_numpy(np.ascontiguousarray(value)) if isinstance(value, np.ndarray) else value.contiguous()
-        held.append(tensor)  # the bound memory must outlive the run
-        binding.bind_ortvalue_input(name, as_ortvalue(tensor))
-        device = tensor.device
+        binding.bind_ortvalue_input(name, value if isinstance(value, ort.OrtValue) else ort.OrtValue.from_dlpack(value))
     names = [o.name for o in session.get_outputs()]
     for name in names:
-        binding.bind_output(name, device.type, device.index or 0)
+        binding.bind_output(name, *device)
     session.run_with_iobinding(binding)
-    return {name: from_dlpack(value) for name, value in zip(names, binding.get_outputs())}
+    return dict(zip(names, binding.get_outputs()))
+
+
+def run_session(session, inputs: dict[str, torch.Tensor | np.ndarray]) -> dict[str, torch.Tensor]:
+    """Run `session` on named tensors; named output tensors on the inputs' device, shared with
+    ONNX Runtime by DLPack (no copy either way)."""
+    import torch
+
+    from ssa.device import as_ortvalue, from_dlpack
+
+    held = {name: torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v.contiguous()
+            for name, v in inputs.items()}  # the bound memory must outlive the run
+    device = next(iter(held.values())).device if held else torch.device("cpu")
+    outputs = run_bound(session, {name: as_ortvalue(t) for name, t in held.items()}, (device.type, device.index or 0))
+    return {name: from_dlpack(value) for name, value in outputs.items()}
 
 
 def session_function(session) -> TensorFn:
@@ -68,6 +84,10 @@ def onnx_models(export_dir: str | Path, processors: Processors, threads: int = 2
                 device: str | torch.device = "cpu") -> GraphModels:
     """`ssa.engine.TensorModels` over the ONNX files of an export folder (manifest.json), on the CPU
     or, with onnxruntime-gpu, on a CUDA device."""
+    import torch
+
+    from ssa.graph_models import GraphModels
+
     export_dir, device = Path(export_dir), torch.device(device)
     manifest = json.loads((export_dir / "manifest.json").read_text())
     provider = "cuda" if device.type == "cuda" else "cpu"

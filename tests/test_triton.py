@@ -98,6 +98,21 @@ def test_gpu_configs_parse_and_agree_with_cpu(repositories):
             accel = g.optimization.execution_accelerators.gpu_execution_accelerator[0]
             assert accel.name == "tensorrt" and accel.parameters["precision_mode"] == "FP16"
             assert (repositories["gpu"] / name / "1" / "model.onnx").is_file()
+    # the Python models that take device tensors see them as sent; ssa_engine on the GPU, two
+    # instances so one image's host work overlaps another's models; the cpu target as before
+    for name in ("ssa_engine", "blip_caption"):
+        assert gpu[name].parameters["FORCE_CPU_ONLY_INPUT_TENSORS"].string_value == "no"
+        assert "FORCE_CPU_ONLY_INPUT_TENSORS" not in cpu[name].parameters
+    engine_gpu, engine_cpu = gpu["ssa_engine"], cpu["ssa_engine"]
+    assert engine_gpu.instance_group[0].kind == engine_gpu.instance_group[0].KIND_GPU
+    assert engine_gpu.instance_group[0].count == 2 and engine_cpu.instance_group[0].count == 1
+    assert engine_gpu.parameters["device"].string_value == "cuda"
+    assert engine_cpu.parameters["device"].string_value == "cpu"
+    assert (engine_gpu.parameters["images_in_progress"].string_value,
+            engine_cpu.parameters["images_in_progress"].string_value) == ("2", "1")
+    outputs = json.loads(engine_gpu.parameters["sub_model_outputs"].string_value)
+    assert outputs["blip_caption"] == ["token_ids"] and outputs["clipseg_visual"] == [
+        t.name for t in gpu["clipseg_visual"].output]
 
 
 def test_server_reports_unusable_repository(tmp_path):

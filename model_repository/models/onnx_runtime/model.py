@@ -2,7 +2,7 @@
 tritonserver has only the Python backend). On GPU nodes the same file is served natively by the
 `onnxruntime_onnx` platform or as a TensorRT plan instead.
 
-Tensors come in and go out by DLPack (no NumPy copy). Each request runs on its own: a result never
+Tensors come in and go out by DLPack (no NumPy copy, no torch in this process). Each request runs on its own: a result never
 depends on which other requests Triton's scheduler delivered with it, so outputs are the same
 whatever the load (within one image, `ssa_engine` already sends every mask in one request)."""
 
@@ -13,8 +13,7 @@ from pathlib import Path
 
 import triton_python_backend_utils as pb_utils
 
-from ssa.device import from_dlpack
-from ssa.onnx_models import ort_session, run_session
+from ssa.onnx_models import ort_session, run_bound
 
 
 class TritonPythonModel:
@@ -30,8 +29,8 @@ class TritonPythonModel:
         responses = []
         for request in requests:
             try:
-                result = run_session(self.session, {n: from_dlpack(pb_utils.get_input_tensor_by_name(request, n))
-                                                    for n in self.inputs})
+                inputs = {n: pb_utils.get_input_tensor_by_name(request, n) for n in self.inputs}
+                result = run_bound(self.session, {n: t.to_dlpack() for n, t in inputs.items()})
                 responses.append(pb_utils.InferenceResponse(
                     [pb_utils.Tensor.from_dlpack(n, result[n]) for n in self.outputs]))
             except Exception as exc:  # one response per request, whatever happened
