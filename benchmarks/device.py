@@ -188,7 +188,7 @@ def markdown(result: dict) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmarks --device DEVICE", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", required=True, help="torch device: cuda, cuda:1, cpu")
     p.add_argument("--precision", default="fp32,fp16", help="engine precisions to run (default fp32,fp16)")
@@ -208,8 +208,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     import torch
+
+    from ssa.torch_models import PRECISIONS
+
+    precisions = [p for p in args.precision.split(",") if p]
+    unknown = [p for p in precisions if p not in PRECISIONS]
+    if unknown or not precisions:
+        parser.error(f"--precision: {args.precision!r}; choose from {', '.join(PRECISIONS)} (comma-separated)")
+    if args.images < 1 or args.masks < 1:
+        parser.error("--images and --masks must be at least 1")
 
     from ssa.dataset import folder_items
     from ssa.device import resolve
@@ -219,8 +229,10 @@ def main(argv: list[str] | None = None) -> int:
     from ssa.runner import load_item
 
     started = time.perf_counter()
-    device = resolve(args.device)
-    precisions = [p for p in args.precision.split(",") if p]
+    try:
+        device = resolve(args.device)
+    except (RuntimeError, ValueError) as exc:
+        parser.error(f"--device: {exc}")
     out = args.out or Path("artifacts/bench") / f"device-{device.type}"
     out.mkdir(parents=True, exist_ok=True)
     profile_dir = args.models_dir / args.profile

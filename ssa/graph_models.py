@@ -107,9 +107,9 @@ class GraphModels:
 
     def blip_caption(self, pixel_values: torch.Tensor, max_length: int, rows: int | None = None) -> torch.Tensor:
         embeds = self.run("blip_vision", rows, pixel_values=pixel_values)["image_embeds"]
-        if "blip_caption" not in self.fns:
-            parts = [self.captioner(embeds[i : i + (rows or len(embeds))], max_length)
-                     for i in range(0, len(embeds), rows or max(1, len(embeds)))]
+        if "blip_caption" not in self.fns:  # the decoding loop runs here, `rows` rows at a time
+            step = rows or max(1, len(embeds))
+            parts = [self.captioner(embeds[i : i + step], max_length) for i in range(0, len(embeds), step)]
             width = max(p.shape[1] for p in parts)
             return torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1]), value=self.captioner.pad)
                               for p in parts])

@@ -66,3 +66,30 @@ def test_perf_analyzer_inputs_match_the_model_configs(repositories, example_dir,
                     for s in shape:
                         n *= s
                     assert len(base64.b64decode(entry[t.name]["b64"])) == n * itemsize[t.data_type], (path, t.name)
+
+
+def test_device_benchmark_on_the_cpu(tiny_profile, tmp_path, capsys):
+    """`python -m benchmarks --device cpu`: reference and engine (PyTorch wrappers) in this
+    process; on the CPU in fp32 every label equals the reference's; the transfer figures are there
+    and within the budget."""
+    from benchmarks.device import STAGES as DEVICE_STAGES
+    from benchmarks.device import main as device_main
+
+    out = tmp_path / "device"
+    code = device_main(["--device", "cpu", "--precision", "fp32", "--profile", "tiny", "--models_dir",
+                        str(tiny_profile.parent), "--images", "2", "--masks", "4", "--out", str(out)])
+    assert code == 0
+    result = json.loads((out / "result.json").read_text())
+    masks = result["sample"]["masks"]
+    assert result["sample"]["images"] == 2 and masks == sum(result["sample"]["masks_per_image"]) > 2
+    agreement = result["agreement"]["fp32"]
+    assert agreement["equal"] == agreement["total"] == masks
+    assert agreement["not_near_tie_equal"] == agreement["not_near_tie_total"] <= masks
+    engine = result["engine"]["fp32"]
+    assert set(engine["stage_seconds_per_image"]) == set(DEVICE_STAGES)
+    assert all(engine["stage_seconds_per_image"][s] > 0 for s in ("oneformer", "caption", "clip", "clipseg"))
+    per_mask = engine["transfer_bytes_per_mask"]
+    assert per_mask["image"] > 0 and per_mask["masks"] > 0 and 0 < per_mask["beyond_image_and_masks"] <= 200_000
+    assert engine["peak_gpu_memory_mib"] is None  # no GPU here
+    table = (out / "table.md").read_text()
+    assert "labels equal, not near-ties" in table and table in capsys.readouterr().out
