@@ -152,13 +152,10 @@ class DeviceMasks:
     def votes(self, label_map: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Per mask, the most frequent class of the (H, W) `label_map` inside it (ties to the lowest
         class) and the vote's margin ((best - runner-up) / pixels): two (N,) device tensors."""
-        best, margin = [], []
-        for (y0, x0, y1, x1), region in zip(self.extents, self.regions):
-            counts = torch.bincount(label_map[y0:y1, x0:x1][region], minlength=num_classes)
-            best.append(torch.argmax(counts))
-            top = torch.topk(counts, 2).values.double()
-            margin.append((top[0] - top[1]) / counts.sum().clamp(min=1))
-        return torch.stack(best), torch.stack(margin)
+        counts = torch.stack([count_inside(label_map[y0:y1, x0:x1], region, num_classes)
+                              for (y0, x0, y1, x1), region in zip(self.extents, self.regions)])
+        top = torch.topk(counts, 2, dim=1).values.double()
+        return torch.argmax(counts, dim=1), (top[:, 0] - top[:, 1]) / counts.sum(dim=1).clamp(min=1)
 
     def crop(self, i: int, box: Box) -> torch.Tensor:
         """(box.height, box.width) bool tensor: mask i inside the inclusive `box`."""
@@ -170,6 +167,16 @@ class DeviceMasks:
             out[top - box.y1 : bottom - box.y1, left - box.x1 : right - box.x1] = \
                 self.regions[i][top - y0 : bottom - y0, left - x0 : right - x0]
         return out
+
+
+def count_inside(labels: torch.Tensor, mask: torch.Tensor, num_labels: int) -> torch.Tensor:
+    """(num_labels,) int64: how many pixels of `mask` carry each label of `labels` (both (h, w)).
+
+    Counted by adding the mask into a fixed-size vector rather than by indexing with the mask: a
+    boolean index has a data-dependent size, which on a GPU stops the host until the device is done.
+    """
+    counts = torch.zeros(num_labels, dtype=torch.int64, device=labels.device)
+    return counts.index_add_(0, labels.reshape(-1), mask.reshape(-1).to(torch.int64))
 
 
 def resized_argmax(scores: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -248,7 +255,6 @@ class ImageJob:
 
         k_max = max(len(names) for names, *_ in proposals)
         counts = torch.zeros((n, k_max), dtype=torch.int64, device=self.device)
-        totals = torch.zeros(n, dtype=torch.int64, device=self.device)
         huge = self._boxes(p.scale_huge)
         plan = self.processors.plans["clipseg"]
         for start in range(0, n, p.batch_size):
@@ -260,16 +266,14 @@ class ImageJob:
             for j, i in enumerate(rows):
                 k, box = len(proposals[i][0]), huge[i]
                 winners = resized_argmax(logits[j, :k], (box.height, box.width))
-                inside = winners[self.masks.crop(i, box)]
-                counts[i, :k] = torch.bincount(inside, minlength=k)
-                totals[i] = inside.numel()
-        counts, totals = to_host(counts, "clipseg_votes"), to_host(totals, "clipseg_votes")
+                counts[i, :k] = count_inside(winners, self.masks.crop(i, box), k)
+        counts = to_host(counts, "clipseg_votes")
 
         labels = []
         for i, (names, scores, clip_margin) in enumerate(proposals):
-            votes = counts[i, : len(names)]
+            votes = counts[i, : len(names)]  # every pixel of the cropped mask votes for one proposal
             winner = int(np.argmax(votes))  # ties to the earliest proposal
-            share = float(votes[winner] / totals[i]) if totals[i] else 0.0
+            share = float(votes[winner] / votes.sum()) if votes.sum() else 0.0
             margins = {"close_set": float(close_margin[i]), "clip": clip_margin, "clipseg": count_margin(votes)}
             labels.append(MaskLabel(names[winner], names, scores, share, captions[i], margins))
         return labels

@@ -167,8 +167,7 @@ class ImagePlan:
         x = x.permute(2, 0, 1)
         x = (x.to(torch.float64) * self.rescale).to(torch.float32) if self.rescale is not None else x.float()
         if self.mean is not None:
-            mean = torch.tensor(self.mean, dtype=torch.float32, device=x.device)[:, None, None]
-            std = torch.tensor(self.std, dtype=torch.float32, device=x.device)[:, None, None]
+            mean, std = _constants(self.mean, self.std, str(x.device))
             x = (x - mean) / std
         return x
 
@@ -179,6 +178,13 @@ class ImagePlan:
             h, w = self.crop or (self.resize["height"], self.resize["width"])
             return torch.zeros((0, 3, h, w), dtype=torch.float32, device=image.device)
         return torch.stack([self.pixels(crop_tensor(image, b), kernel) for b in boxes])
+
+
+@lru_cache(maxsize=64)
+def _constants(mean: tuple, std: tuple, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(3, 1, 1) float32 mean and std on `device`, made once (not a copy per crop)."""
+    return (torch.tensor(mean, dtype=torch.float32, device=device)[:, None, None],
+            torch.tensor(std, dtype=torch.float32, device=device)[:, None, None])
 
 
 def crop_tensor(array: torch.Tensor, box: Box) -> torch.Tensor:
