@@ -72,12 +72,18 @@ def cmd_examples(args: argparse.Namespace) -> int:
 
 def cmd_reference(args: argparse.Namespace) -> int:
     from ssa.dataset import folder_items
+    from ssa.device import resolve
     from ssa.reference import TorchModels, annotate_image
     from ssa.runner import run_in_process
 
     params = params_from(args)
     items = folder_items(args.data_dir)
-    models = TorchModels.load(profile_dir(args))
+    try:
+        device = resolve(args.device)
+    except (RuntimeError, ValueError) as exc:
+        print(f"ssa reference: --device: {exc}", file=sys.stderr)
+        return 2
+    models = TorchModels.load(profile_dir(args), device=str(device))
     summary = run_in_process(items, args.out_dir, lambda item, image, masks: annotate_image(image, masks, models, params),
                              engine="reference (PyTorch, one mask at a time)", profile=models.profile, params=params,
                              save_img=args.save_img, overwrite=args.overwrite)
@@ -175,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out_dir", type=Path, required=True, help="output folder")
     p.add_argument("--save_img", action="store_true", help="also write <stem>_semantic.png, masks with class names")
     p.add_argument("--overwrite", action="store_true", help="redo images whose output exists")
+    p.add_argument("--device", default="cpu", help="torch device of the models: cpu (default), cuda, cuda:1")
     add_profile(p)
     add_params(p)
     p.set_defaults(func=cmd_reference)
