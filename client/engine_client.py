@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 
-from ssa.engine import EngineParams, MaskLabel
+from ssa.params import EngineParams, MaskLabel
 
 MODEL = "ssa_engine"
 

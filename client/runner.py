@@ -26,7 +26,6 @@ from tqdm import tqdm
 
 from client.engine_client import MODEL, build_inputs, parse_result
 from ssa.dataset import Item, Listing, Shard
-from ssa.engine import EngineParams
 from ssa.errors import InputError, read_input
 from ssa.outputs import (
     RunSummary,
@@ -36,6 +35,7 @@ from ssa.outputs import (
     write_failures,
     write_outputs,
 )
+from ssa.params import EngineParams
 from ssa.sa1b import parse_document
 
 ENGINE_NAME = "triton ssa_engine"

@@ -25,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--engine_instances", type=int, default=0,
                    help="ssa_engine instances (default 0: 1 on the cpu target, 2 on the gpu target, so one "
                         "image's host work overlaps another's models)")
+    g.add_argument("--overlap", choices=("auto", "on", "off"), default="auto",
+                   help="ssa_engine runs the image stage's sub-requests together and two images of a batch "
+                        "interleaved (auto: on for gpu, off for cpu, where the models already use every core)")
     s = sub.add_parser("serve", help="start the embedded tritonserver on 127.0.0.1 until Ctrl-C")
     s.add_argument("--repository", type=Path, required=True)
     s.add_argument("--grpc_port", type=int, default=8001)
@@ -36,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out or Path("artifacts/repository") / f"{args.profile}-{args.target}"
         try:
             generate_repository(onnx_dir, args.models_dir / args.profile, out, args.target, args.threads,
-                                args.engine_instances)
+                                args.engine_instances, overlap={"auto": None, "on": True, "off": False}[args.overlap])
         except FileNotFoundError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 
 from ssa import __version__
-from ssa.engine import EngineParams
+from ssa.params import EngineParams
 
 MODELS_SRC = Path(__file__).parent / "models"
 TARGETS = ("cpu", "gpu")
@@ -33,9 +33,10 @@ ENGINE_MAX_BATCH = 8
 # ssa_engine instances (0 = this default): on a GPU two, so one image's host work (decoding, RLEs,
 # spaCy, tokenizing) runs while the other's models run; on the CPU one, the cores are already busy
 ENGINE_INSTANCES = {"cpu": 1, "gpu": 2}
-# images of one request batch an ssa_engine instance works on at once: on a GPU two, so one image's
-# host work runs while the other's sub-requests are in flight; on the CPU one (nothing to overlap)
-IMAGES_IN_PROGRESS = {"cpu": 1, "gpu": 2}
+# overlap in ssa_engine: the image stage's sub-requests in flight together and two images of a
+# request batch interleaved, so one image's host work runs while another's models run. On by
+# default on a GPU; off on the CPU, where each model already uses every core (measured: slower)
+OVERLAP = {"cpu": False, "gpu": True}
 TRITON_TYPE = {"FP32": "TYPE_FP32", "INT64": "TYPE_INT64", "INT32": "TYPE_INT32", "STRING": "TYPE_STRING"}
 
 
@@ -102,8 +103,10 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 
 def generate_repository(export_dir: str | Path, profile_dir: str | Path, out_dir: str | Path, target: str = "cpu",
-                        threads: int = 2, engine_instances: int = 0, params: EngineParams = EngineParams()) -> Path:
-    """Write the repository to `out_dir` (replacing it); returns out_dir."""
+                        threads: int = 2, engine_instances: int = 0, params: EngineParams = EngineParams(),
+                        overlap: bool | None = None) -> Path:
+    """Write the repository to `out_dir` (replacing it); returns out_dir. engine_instances 0 and
+    overlap None take the target's defaults (ENGINE_INSTANCES, OVERLAP)."""
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; targets are {', '.join(TARGETS)}")
     export_dir, profile_dir, out_dir = Path(export_dir), Path(profile_dir), Path(out_dir)
@@ -113,6 +116,7 @@ def generate_repository(export_dir: str | Path, profile_dir: str | Path, out_dir
         raise FileNotFoundError(f"{export_dir}: no export of {missing}; run `python -m export` first")
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True)
+    overlap = OVERLAP[target] if overlap is None else overlap
     thread_params = {"intra_op_threads": str(threads)}
     # the Python models that take device tensors must not have them copied to the host first
     device_tensors = {"FORCE_CPU_ONLY_INPUT_TENSORS": "no"} if target == "gpu" else {}
@@ -167,7 +171,8 @@ def generate_repository(export_dir: str | Path, profile_dir: str | Path, out_dir
         params={"clip_logit_scale": repr(meta["clip_logit_scale"]),
                 "sub_model_outputs": json.dumps(outputs).replace('"', '\\"'),
                 "device": "cuda" if target == "gpu" else "cpu", **device_tensors,
-                "images_in_progress": str(IMAGES_IN_PROGRESS[target]),
+                "images_in_progress": "2" if overlap else "1",
+                "concurrent_image_stage": "1" if overlap else "0",
                 "sub_max_batch_size": str(ROWS_PER_REQUEST[target]),
                 "engine_params": json.dumps(params.to_dict()).replace('"', '\\"'),
                 "profile": manifest["profile"].get("profile", ""),

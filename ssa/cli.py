@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from ssa.engine import EngineParams
+from ssa.params import EngineParams
 from ssa.profiles import PROFILES
 
 DEFAULT_MODELS_DIR = Path("artifacts/models")

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ssa import __version__
-from ssa.engine import EngineParams, MaskLabel
+from ssa.params import EngineParams, MaskLabel
 from ssa.sa1b import write_bytes_atomic, write_json_atomic
 
 FAILURES_FILE = "failures.json"

@@ -14,10 +14,11 @@ from pathlib import Path
 import numpy as np
 
 from ssa.candidates import logit_margin, softmax, top_k, union_candidates
-from ssa.engine import DATASETS, EngineParams, MaskLabel
+from ssa.engine import DATASETS
 from ssa.geometry import crop, crop_box
 from ssa.labels import class_names
 from ssa.nouns import load_spacy, noun_phrases
+from ssa.params import EngineParams, MaskLabel
 from ssa.preprocess import CHANNELS_LAST
 from ssa.profiles import ROLES, load_role_model
 from ssa.sa1b import MaskSet

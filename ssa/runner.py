@@ -11,7 +11,6 @@ import numpy as np
 from tqdm import tqdm
 
 from ssa.dataset import Item
-from ssa.engine import EngineParams, MaskLabel
 from ssa.errors import InputError
 from ssa.images import load_image
 from ssa.outputs import (
@@ -22,6 +21,7 @@ from ssa.outputs import (
     write_failures,
     write_outputs,
 )
+from ssa.params import EngineParams, MaskLabel
 from ssa.sa1b import MaskSet, decode_annotations, read_document
 
 # (item, image (H, W, 3) uint8, validated masks) -> one label per mask

@@ -31,8 +31,8 @@ def test_plans_equal_the_processors_on_every_crop(tiny_profile, example_dir):
     """BLIP, CLIP and OneFormer pixel values from the plans (both kernels) against the processors
     themselves, on every crop the engine makes of the example set: max abs difference 0."""
     from ssa.dataset import folder_items
-    from ssa.engine import EngineParams
     from ssa.geometry import crop, crop_box
+    from ssa.params import EngineParams
     from ssa.preprocess import Processors
     from ssa.runner import load_item
 

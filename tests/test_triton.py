@@ -67,7 +67,7 @@ def test_bad_requests_fail_alone_in_a_batch(example_dir, grpc_client):
 
 
 def test_engine_parameters_are_honoured(example_dir, grpc_client):
-    from ssa.engine import EngineParams
+    from ssa.params import EngineParams
 
     labels = annotate(grpc_client, (example_dir / "sa_3.jpg").read_bytes(), (example_dir / "sa_3.json").read_bytes(),
                       EngineParams(top_k=1))
@@ -108,8 +108,8 @@ def test_gpu_configs_parse_and_agree_with_cpu(repositories):
     assert engine_gpu.instance_group[0].count == 2 and engine_cpu.instance_group[0].count == 1
     assert engine_gpu.parameters["device"].string_value == "cuda"
     assert engine_cpu.parameters["device"].string_value == "cpu"
-    assert (engine_gpu.parameters["images_in_progress"].string_value,
-            engine_cpu.parameters["images_in_progress"].string_value) == ("2", "1")
+    for key, on_gpu, on_cpu in (("images_in_progress", "2", "1"), ("concurrent_image_stage", "1", "0")):
+        assert (engine_gpu.parameters[key].string_value, engine_cpu.parameters[key].string_value) == (on_gpu, on_cpu)
     outputs = json.loads(engine_gpu.parameters["sub_model_outputs"].string_value)
     assert outputs["blip_caption"] == ["token_ids"] and outputs["clipseg_visual"] == [
         t.name for t in gpu["clipseg_visual"].output]
@@ -120,3 +120,21 @@ def test_server_reports_unusable_repository(tmp_path):
 
     with pytest.raises(ServerError, match="not a generated model repository"):
         EmbeddedServer(tmp_path).start()
+
+
+def test_overlapped_engine_equals_the_reference(tiny_profile, tiny_export, example_dir, reference_labels, tmp_path):
+    """The gpu target's ssa_engine path on the CPU: the image stage's sub-requests in flight together
+    (async_exec) and the requests of a batch interleaved; every label still equals the reference."""
+    import tritonclient.grpc as grpcclient
+
+    from model_repository.generate import generate_repository
+
+    repo = generate_repository(tiny_export, tiny_profile, tmp_path / "overlap", "cpu", overlap=True)
+    items = list(folder_items(example_dir))[:3]
+    with EmbeddedServer(repo, log_path=tmp_path / "triton.log") as s:
+        client = grpcclient.InferenceServerClient(s.url)
+        with ThreadPoolExecutor(len(items)) as pool:  # together, so Triton batches them
+            results = list(pool.map(lambda i: annotate(client, i.image.read_bytes(), i.annotations.read_bytes()), items))
+    for item, got in zip(items, results):
+        assert [(g.class_name, g.class_proposals, g.caption) for g in got] == \
+               [(e.class_name, e.class_proposals, e.caption) for e in reference_labels[item.stem]]

@@ -6,9 +6,10 @@ A BLS model, because the flow branches and loops per image: it runs `ssa.engine.
 compute models reached through BLS requests, every mask of the image batched per model. The
 engine's tensors live on this instance's device (a GPU in the gpu target) and go to the compute
 models by DLPack; each sub-request asks for its outputs in that memory (`preferred_memory`), so
-nothing returns to the host between models. The image stage's independent sub-requests (both
-OneFormers, BLIP, CLIP) are in flight together (`async_exec`), and the requests of one batch are
-interleaved, so one image's CPU work (decoding, spaCy) overlaps another's models.
+nothing returns to the host between models. In the gpu target the image stage's independent
+sub-requests (both OneFormers, BLIP, CLIP) are in flight together (`async_exec`) and two requests
+of a batch are interleaved, so one image's CPU work (decoding, spaCy) overlaps another's models;
+the cpu target runs them one after another (its models already use every core).
 
 A bad request (corrupt image, invalid JSON or RLE) gets its own error; the others in the batch
 are unaffected.
@@ -134,6 +135,9 @@ class TritonPythonModel:
         # images of one batch in progress at once in this instance (CPU work of one overlaps the
         # sub-requests of another; more only holds more memory)
         self.images_in_progress = int(params.get("images_in_progress", "2"))
+        # the image stage's sub-requests together (a GPU runs them side by side) or one after another
+        # (on the CPU each model already uses every core)
+        self.concurrent_image_stage = params.get("concurrent_image_stage", "1") == "1"
 
     async def _annotate(self, request):
         params = parse_params(request, self.defaults)
@@ -143,7 +147,11 @@ class TritonPythonModel:
         if len(masks) == 0:
             return label_tensors([], params.top_k)
         job = ImageJob(image, masks, self.models, self.processors, params, self.nlp)
-        outputs = await self.models.image_stage_async(job.image_inputs())
+        inputs = job.image_inputs()
+        if self.concurrent_image_stage:
+            outputs = await self.models.image_stage_async(inputs)
+        else:
+            outputs = self.models.image_stage(inputs)
         return label_tensors(job.finish(outputs), params.top_k)
 
     async def _respond(self, request, slots: asyncio.Semaphore):
