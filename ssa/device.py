@@ -17,7 +17,7 @@ import torch
 
 
 class Transfers:
-    """Bytes and calls of host <-> device moves, by direction and by what was moved."""
+    """Bytes of host <-> device moves, by direction and by what was moved."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -26,12 +26,10 @@ class Transfers:
     def reset(self) -> None:
         with self._lock:
             self.bytes: dict[tuple[str, str], int] = defaultdict(int)
-            self.calls: dict[tuple[str, str], int] = defaultdict(int)
 
     def add(self, direction: str, what: str, nbytes: int) -> None:
         with self._lock:
             self.bytes[(direction, what)] += int(nbytes)
-            self.calls[(direction, what)] += 1
 
     def total(self, direction: str | None = None, exclude: tuple[str, ...] = ()) -> int:
         return sum(b for (d, w), b in self.bytes.items() if (direction in (None, d)) and w not in exclude)
