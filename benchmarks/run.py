@@ -334,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
             url, memory = args.url, None
         else:
             server = stack.enter_context(EmbeddedServer(repository, log_path=out / "tritonserver.log"))
-            url, memory = server.url, PeakMemory(server.process.pid)
+            url, memory = server.url, PeakMemory(server.pid)
             memory.start()
         client = grpcclient.InferenceServerClient(url)
         print("Triton: warm-up ...", file=sys.stderr)

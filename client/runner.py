@@ -20,7 +20,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
@@ -85,7 +85,7 @@ def error_text(exc: Exception) -> str:
 def is_transient(exc) -> bool:
     """Whether a failed request should be retried (server down, restarting, model reloading)."""
     text = error_text(exc)
-    if text.startswith("invalid input:"):
+    if _status(exc) == "INVALID_ARGUMENT" or text.startswith("invalid input:"):  # the request's own fault
         return False
     return _status(exc) in TRANSIENT_STATUS or any(t in text.lower() for t in TRANSIENT_TEXT)
 
@@ -235,6 +235,11 @@ class Run:
             if listing.error is not None:
                 self.summary.failures.append({"file": listing.source, "reason": listing.error.problem})
                 tqdm.write(f"failed: {listing.error}")
+            for problem in listing.unusable:
+                if PurePosixPath(problem.source).stem not in self.cfg.shard:
+                    continue
+                self.summary.failures.append({"file": problem.source, "reason": problem.problem})
+                tqdm.write(f"failed: {problem}")
             todo: list[Item] = []
             seen_in_source: set[str] = set()
             for item in listing.items:

@@ -1,5 +1,9 @@
 """The embedded tritonserver: a real Triton 2.51 server from the nvidia-pytriton wheel (Python
-backend only), started on 127.0.0.1 with a generated repository, no Docker needed."""
+backend only), started on 127.0.0.1 with a generated repository, no Docker needed.
+
+tritonserver runs under `reaper.py`, so when it ends for any reason (stopped, crashed, SIGKILLed
+by the OOM killer, or the process that started it gone) the Python-backend stubs it started end
+with it."""
 
 from __future__ import annotations
 
@@ -64,7 +68,8 @@ class EmbeddedServer:
         self.verbose = verbose
         self._tmp = tempfile.TemporaryDirectory(prefix="ssa-triton-")
         self.log_path = Path(log_path) if log_path else Path(self._tmp.name) / "tritonserver.log"
-        self.process: subprocess.Popen | None = None
+        self.process: subprocess.Popen | None = None  # the reaper, tritonserver's parent
+        self._pidfile = Path(self._tmp.name) / "tritonserver.pid"
 
     @property
     def url(self) -> str:
@@ -94,11 +99,20 @@ class EmbeddedServer:
             raise ServerError(f"{self.repository} is not a generated model repository (no ssa_engine/config.pbtxt)")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "wb")
-        self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
+        reaper = [sys.executable, str(Path(__file__).with_name("reaper.py")), str(self._pidfile), "--"]
+        self.process = subprocess.Popen(reaper + self.command(), stdout=log, stderr=subprocess.STDOUT,
                                         env=self.environment(), start_new_session=True)
         log.close()
         self.wait_ready()
         return self
+
+    @property
+    def pid(self) -> int | None:
+        """tritonserver's pid (None before it started)."""
+        try:
+            return int(self._pidfile.read_text())
+        except (OSError, ValueError):
+            return None
 
     def wait_ready(self) -> None:
         import tritonclient.grpc as grpcclient
@@ -124,21 +138,36 @@ class EmbeddedServer:
         except OSError:
             return "(no log)"
 
-    def stop(self, timeout: float = 30.0) -> None:
+    def stop(self, timeout: float = 60.0) -> None:
+        """Stop tritonserver and everything it started (the reaper does it; SIGKILL after `timeout`)."""
         if self.process is None or self.process.poll() is not None:
             return
-        os.killpg(self.process.pid, signal.SIGTERM)
+        self.process.send_signal(signal.SIGTERM)
         try:
             self.process.wait(timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.kill()
             self.process.wait()
+            if self.pid is not None:
+                try:
+                    os.killpg(self.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
 
-    def kill(self) -> None:
-        """Kill the server at once (fault-injection tests)."""
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+    def kill(self, wait: float = 30.0) -> None:
+        """SIGKILL tritonserver, as the OOM killer would (fault-injection tests); returns when the
+        reaper has ended what it left behind."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        if self.pid is not None:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            self.process.wait(wait)
+        except subprocess.TimeoutExpired:
+            self.stop()
 
     def __enter__(self) -> EmbeddedServer:
         return self.start()

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from ssa.params import EngineParams
+from ssa.params import EngineParams, bounds_text
 from ssa.profiles import PROFILES
 
 DEFAULT_MODELS_DIR = Path("artifacts/models")
@@ -15,13 +15,18 @@ DEFAULT_MODELS_DIR = Path("artifacts/models")
 
 def add_params(parser: argparse.ArgumentParser) -> None:
     d = EngineParams()
-    g = parser.add_argument_group("engine parameters (SPEC.md defaults)")
-    g.add_argument("--top_k", type=int, default=d.top_k, help="proposals per mask (default %(default)s)")
-    g.add_argument("--scale_small", type=float, default=d.scale_small, help="CLIP crop scale (default %(default)s)")
-    g.add_argument("--scale_large", type=float, default=d.scale_large, help="BLIP crop scale (default %(default)s)")
-    g.add_argument("--scale_huge", type=float, default=d.scale_huge, help="CLIPSeg crop scale (default %(default)s)")
+    g = parser.add_argument_group("engine parameters (the published engine's defaults; range in brackets)")
+    g.add_argument("--top_k", type=int, default=d.top_k,
+                   help=f"proposals per mask [{bounds_text('top_k')}] (default %(default)s)")
+    g.add_argument("--scale_small", type=float, default=d.scale_small,
+                   help=f"CLIP crop scale [{bounds_text('scale_small')}] (default %(default)s)")
+    g.add_argument("--scale_large", type=float, default=d.scale_large,
+                   help=f"BLIP crop scale [{bounds_text('scale_large')}] (default %(default)s)")
+    g.add_argument("--scale_huge", type=float, default=d.scale_huge,
+                   help=f"CLIPSeg crop scale [{bounds_text('scale_huge')}] (default %(default)s)")
     g.add_argument("--caption_max_length", type=int, default=d.caption_max_length,
-                   help="caption length cap in tokens, decoder start token included (default %(default)s)")
+                   help=f"caption length cap in tokens, decoder start token included "
+                        f"[{bounds_text('caption_max_length')}] (default %(default)s)")
 
 
 def params_from(args: argparse.Namespace) -> EngineParams:
@@ -71,22 +76,23 @@ def cmd_examples(args: argparse.Namespace) -> int:
 
 
 def cmd_reference(args: argparse.Namespace) -> int:
-    from ssa.dataset import folder_items
+    from ssa.dataset import folder_listing
     from ssa.device import resolve
     from ssa.reference import TorchModels, annotate_image
     from ssa.runner import run_in_process
 
     params = params_from(args)
-    items = folder_items(args.data_dir)
+    listing = folder_listing(args.data_dir)
     try:
         device = resolve(args.device)
     except (RuntimeError, ValueError) as exc:
         print(f"ssa reference: --device: {exc}", file=sys.stderr)
         return 2
     models = TorchModels.load(profile_dir(args), device=str(device))
-    summary = run_in_process(items, args.out_dir, lambda item, image, masks: annotate_image(image, masks, models, params),
+    summary = run_in_process(listing.items, args.out_dir,
+                             lambda item, image, masks: annotate_image(image, masks, models, params),
                              engine="reference (PyTorch, one mask at a time)", profile=models.profile, params=params,
-                             save_img=args.save_img, overwrite=args.overwrite)
+                             save_img=args.save_img, overwrite=args.overwrite, unusable=listing.unusable)
     return 1 if summary.failures else 0
 
 

@@ -64,6 +64,7 @@ class Listing:
     source: str
     items: list[Item]
     error: InputError | None = None
+    unusable: tuple[InputError, ...] = ()  # files of the source that cannot be used (a JSON with no image)
 
 
 @dataclass(frozen=True)
@@ -95,20 +96,44 @@ def _is_image(name: str) -> bool:
     return PurePosixPath(name).suffix.lower() in IMAGE_SUFFIXES and not PurePosixPath(name).name.startswith(".")
 
 
-def folder_items(data_dir: str | Path) -> list[Item]:
-    """Every image of `data_dir` (sorted by name) with its `<stem>.json`, if present.
+def _is_input_json(name: str) -> bool:
+    """An annotation file (not one of this tool's outputs: `<stem>_semantic.json`, failures files)."""
+    name = PurePosixPath(name).name
+    return name.endswith(".json") and not name.startswith(".") and not name.endswith("_semantic.json") \
+        and not name.startswith("failures")
+
+
+def _orphans(json_names: list[str], image_names: list[str], where) -> tuple[InputError, ...]:
+    """An InputError for each annotation file with no image of its stem beside it."""
+    stems = {str(PurePosixPath(n).with_suffix("")) for n in image_names}
+    return tuple(InputError("annotation file with no image beside it (expected <stem>.jpg or another image "
+                            f"format: {', '.join(IMAGE_SUFFIXES)})", where(n))
+                 for n in sorted(json_names) if str(PurePosixPath(n).with_suffix("")) not in stems)
+
+
+def folder_listing(data_dir: str | Path) -> Listing:
+    """Every image of `data_dir` (sorted by name) with its `<stem>.json`, if present, and an
+    error for each `<stem>.json` that has no image.
 
     Raises FileNotFoundError when the folder does not exist.
     """
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise FileNotFoundError(f"{data_dir}: no such folder")
-    items = []
+    items, jsons = [], []
     for path in sorted(data_dir.iterdir()):
         if _is_image(path.name) and path.is_file():
             ann = path.with_suffix(".json")
             items.append(Item(path.stem, path, ann if ann.is_file() else None))
-    return items
+        elif _is_input_json(path.name) and path.is_file():
+            jsons.append(path.name)
+    return Listing(str(data_dir), items, None,
+                   _orphans(jsons, [i.image.name for i in items], lambda n: data_dir / n))
+
+
+def folder_items(data_dir: str | Path) -> list[Item]:
+    """The items of `folder_listing`."""
+    return folder_listing(data_dir).items
 
 
 def tar_listing(path: str | Path) -> Listing:
@@ -136,7 +161,9 @@ def tar_listing(path: str | Path) -> Listing:
         if _is_image(name):
             ann = files.get(str(PurePosixPath(name).with_suffix(".json")))
             items.append(Item(PurePosixPath(name).stem, files[name], ann))
-    return Listing(str(path), items, error)
+    orphans = _orphans([n for n in files if _is_input_json(n)], [n for n in files if _is_image(n)],
+                       lambda n: files[n])
+    return Listing(str(path), items, error, orphans)
 
 
 def list_file_items(path: str | Path) -> Listing:
@@ -165,7 +192,7 @@ def listings(inputs: list[str | Path]) -> Iterator[Listing]:
     for raw in inputs:
         path = Path(raw)
         if path.is_dir():
-            yield Listing(str(path), folder_items(path))
+            yield folder_listing(path)
             for tar in sorted(p for p in path.iterdir() if p.suffix == TAR_SUFFIX and p.is_file()):
                 yield tar_listing(tar)
         elif path.suffix == TAR_SUFFIX and path.is_file():

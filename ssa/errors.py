@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+
+# "<_io.BytesIO object at 0x7f...>" and the like: a Python object's repr names nothing a user has
+_OBJECT_REPR = re.compile(r"\s*<[^<>]*? (?:object )?at 0x[0-9a-fA-F]+>")
+
+
+def plain(text: str) -> str:
+    """`text` without Python object reprs (a failure reason names the file and the problem only)."""
+    return _OBJECT_REPR.sub("", text)
 
 
 class InputError(ValueError):
     """Invalid input data: names the file (when known) and what is wrong with it."""
 
     def __init__(self, problem: str, source: str | Path | None = None):
-        self.problem = problem
+        self.problem = plain(problem)
         self.source = str(source) if source is not None else None
-        super().__init__(f"{self.source}: {problem}" if self.source else problem)
+        super().__init__(f"{self.source}: {self.problem}" if self.source else self.problem)
 
     def with_source(self, source: str | Path) -> InputError:
         """The same error, attributed to `source` (if it names none yet)."""

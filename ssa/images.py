@@ -48,7 +48,9 @@ def decode_image(data: bytes, source: str | Path | None = None) -> np.ndarray:
             img.load()
             img = ImageOps.exif_transpose(img)
             rgb = _to_rgb(img)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except UnidentifiedImageError as exc:
+        raise InputError("unreadable image (not a format Pillow can decode, or damaged)", source) from exc
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise InputError(f"unreadable image ({type(exc).__name__}: {exc})", source) from exc
     if rgb.shape[0] == 0 or rgb.shape[1] == 0:
         raise InputError(f"image has zero size {rgb.shape[:2]}", source)

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ssa import __version__
+from ssa.errors import plain
 from ssa.params import EngineParams, MaskLabel
 from ssa.sa1b import write_bytes_atomic, write_json_atomic
 
@@ -94,7 +95,8 @@ def write_failures(out_dir: str | Path, failures: list[dict[str, str]], name: st
     """Write the failures file (a list of {"file", "reason"}) or remove a stale one; return its path."""
     path = Path(out_dir) / name
     if failures:
-        write_json_atomic(path, sorted(failures, key=lambda f: f["file"]))
+        entries = [{**f, "reason": plain(f["reason"])} for f in failures]
+        write_json_atomic(path, sorted(entries, key=lambda f: f["file"]))
         return path
     path.unlink(missing_ok=True)
     return None

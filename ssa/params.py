@@ -5,6 +5,24 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+# Accepted range of each parameter (inclusive). A request outside them is refused before any model
+# runs: a caption cap beyond the text model's positions or a batch beyond memory would otherwise
+# fail deep inside a model.
+PARAM_BOUNDS: dict[str, tuple[float, float]] = {
+    "top_k": (1, 20),
+    "scale_small": (1.0, 4.0),
+    "scale_large": (1.0, 4.0),
+    "scale_huge": (1.0, 4.0),
+    "caption_max_length": (2, 64),
+    "clipseg_size": (64, 1024),
+    "batch_size": (1, 256),
+}
+
+
+def bounds_text(name: str) -> str:
+    low, high = PARAM_BOUNDS[name]
+    return f"{low}..{high}"
+
 
 @dataclass(frozen=True)
 class EngineParams:
@@ -19,13 +37,25 @@ class EngineParams:
     batch_size: int = 32  # masks per model call
 
     def __post_init__(self) -> None:
-        if self.top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {self.top_k}")
-        for name in ("scale_small", "scale_large", "scale_huge"):
-            if not getattr(self, name) >= 1.0:
-                raise ValueError(f"{name} must be >= 1.0, got {getattr(self, name)}")
-        if self.caption_max_length < 2 or self.clipseg_size < 16 or self.batch_size < 1:
-            raise ValueError(f"invalid parameters {self}")
+        for name, (low, high) in PARAM_BOUNDS.items():
+            value = getattr(self, name)
+            kind = int if isinstance(getattr(EngineParams, name), int) else float
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
+                raise ValueError(f"{name} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
+            if not low <= value <= high:  # NaN fails too
+                raise ValueError(f"{name} must be between {low} and {high}, got {value}")
+
+    @classmethod
+    def from_dict(cls, values: object, base: EngineParams | None = None) -> EngineParams:
+        """Parameters from a JSON object (a request's params) over `base`; ValueError naming the
+        unknown or out-of-range field."""
+        if not isinstance(values, dict):
+            raise ValueError(f"params must be a JSON object, got {type(values).__name__}")
+        known = set(PARAM_BOUNDS)
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown parameter(s) {', '.join(map(str, unknown))}; known: {', '.join(sorted(known))}")
+        return cls(**{**(base or cls()).to_dict(), **values})
 
     def to_dict(self) -> dict:
         return asdict(self)

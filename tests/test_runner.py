@@ -24,6 +24,21 @@ from ssa.outputs import FAILURES_FILE
 COPIES = 3  # the kill tests run the example set 3 times over, so a kill lands mid-run
 
 
+@pytest.fixture(scope="module", autouse=True)
+def default_umask():
+    """Outputs are checked under the default umask (022): readable by everyone, as tools write them."""
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def assert_readable_by_others(folder: Path) -> None:
+    import stat
+
+    modes = {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in folder.iterdir() if p.is_file()}
+    assert modes and set(modes.values()) == {"0o644"}, modes
+
+
 @pytest.fixture(scope="module")
 def server(repositories, tmp_path_factory):
     with EmbeddedServer(repositories["cpu"], log_path=tmp_path_factory.mktemp("log") / "triton.log") as s:
@@ -61,6 +76,7 @@ def test_folder_labels_equal_the_reference(folder_run, reference_labels):
             assert 0 < ann["class_name_vote"] <= 1 and "segmentation" in ann and "bbox" in ann
         assert (out / f"{stem}_semantic.png").stat().st_size > 0
     assert not (out / FAILURES_FILE).exists()
+    assert_readable_by_others(out)
 
 
 def test_rerun_skips_everything_and_changes_nothing(server, example_dir, folder_run):
@@ -113,6 +129,8 @@ def test_bad_files_are_recorded_and_the_rest_succeed(server, example_dir, tmp_pa
     doc["annotations"][1]["segmentation"]["size"] = [7, 9]
     (data / "sa_4.json").write_text(json.dumps(doc))
     (data / "sa_5.json").unlink()
+    (data / "sa_6.jpg").rename(data / "sa_6.png")  # an image of another format is found the same way
+    shutil.copy(example_dir / "sa_1.json", data / "lonely.json")  # a JSON with no image: missing data
     (data / "zz.tar").write_bytes(b"not a tar at all" * 100)
     shutil.copy(example_dir / "sa_1.jpg", data / "no_masks.jpg")  # valid: an image without annotations
     doc = json.loads((example_dir / "sa_1.json").read_text())
@@ -120,16 +138,19 @@ def test_bad_files_are_recorded_and_the_rest_succeed(server, example_dir, tmp_pa
     summary, stop = run([server.url], [data], tmp_path / "out", in_flight=2)
     assert stop is None and summary.done == 2
     failures = {Path(f["file"].split(":")[0]).name: f["reason"] for f in summary.failures}
-    assert set(failures) == {"sa_2.jpg", "sa_3.json", "sa_4.json", "sa_5.jpg", "zz.tar"}
+    assert set(failures) == {"sa_2.jpg", "sa_3.json", "sa_4.json", "sa_5.jpg", "zz.tar", "lonely.json"}
+    assert "no image beside it" in failures["lonely.json"]
     assert "unreadable image" in failures["sa_2.jpg"]
     assert "invalid JSON" in failures["sa_3.json"]
     assert "RLE size [7, 9] differs from the image size" in failures["sa_4.json"]
     assert "annotation" in failures["sa_4.json"] and "no annotation file" in failures["sa_5.jpg"]
     assert "not an uncompressed tar" in failures["zz.tar"]
     recorded = json.loads((tmp_path / "out" / FAILURES_FILE).read_text())
-    assert len(recorded) == 5 and all(set(f) == {"file", "reason"} for f in recorded)
+    assert len(recorded) == 6 and all(set(f) == {"file", "reason"} for f in recorded)
+    assert not any("0x" in f["reason"] for f in recorded)  # the file and the problem, no object addresses
     assert sorted(outputs(tmp_path / "out")) == ["no_masks_semantic.json", "sa_6_semantic.json"]
     assert json.loads((tmp_path / "out" / "no_masks_semantic.json").read_text())["annotations"] == []
+    assert_readable_by_others(tmp_path / "out")  # outputs and failures.json
 
 
 def test_unreachable_server_stops_with_a_clear_message(example_dir, tmp_path):
@@ -259,6 +280,7 @@ def test_coco_export_round_trips_the_masks(folder_run, example_dir, tmp_path):
     (semantic / "broken_semantic.json").write_text("{")
     result = export_coco(semantic, tmp_path / "coco.json")
     assert (result.images, len(result.failures)) == (6, 1) and "invalid JSON" in result.failures[0]["reason"]
+    assert oct((tmp_path / "coco.json").stat().st_mode & 0o777) == "0o644"
     coco = COCO(str(tmp_path / "coco.json"))
     names = {c["id"]: c["name"] for c in coco.loadCats(coco.getCatIds())}
     checked = 0

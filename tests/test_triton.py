@@ -66,6 +66,78 @@ def test_bad_requests_fail_alone_in_a_batch(example_dir, grpc_client):
     assert "invalid JSON" in str(results[4])
 
 
+def _http_infer(url: str, image: bytes, document: bytes, params: bytes | None):
+    import numpy as np
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(url)
+    inputs = []
+    for name, value in (("image", image), ("annotations", document), ("params", params)):
+        if value is not None:
+            t = httpclient.InferInput(name, [1, 1], "BYTES")
+            t.set_data_from_numpy(np.array([[value]], dtype=object))
+            inputs.append(t)
+    return client.infer("ssa_engine", inputs)
+
+
+def _grpc_infer(url: str, image: bytes, document: bytes, params: bytes | None):
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(url)
+    inputs = []
+    for name, value in (("image", image), ("annotations", document), ("params", params)):
+        if value is not None:
+            t = grpcclient.InferInput(name, [1, 1], "BYTES")
+            t.set_data_from_numpy(np.array([[value]], dtype=object))
+            inputs.append(t)
+    return client.infer("ssa_engine", inputs)
+
+
+def _executions(grpc_client) -> int:
+    """Inference executions of every compute model so far."""
+    stats = grpc_client.get_inference_statistics(as_json=True)["model_stats"]
+    return sum(int(m.get("execution_count", 0)) for m in stats if m["name"] != "ssa_engine")
+
+
+def test_client_faults_are_invalid_arg_over_grpc_and_http(example_dir, server, grpc_client):
+    """Out-of-range parameters and corrupt inputs: INVALID_ARGUMENT (gRPC) / 400 (HTTP), refused
+    before any compute model runs; a good request afterwards still works."""
+    from tritonclient.utils import InferenceServerException
+
+    image, document = (example_dir / "sa_2.jpg").read_bytes(), (example_dir / "sa_2.json").read_bytes()
+    bad_rle = json.loads(document)
+    bad_rle["annotations"][0]["segmentation"]["counts"] = "###corrupt###"
+    cases = {
+        "huge caption and batch": (image, document, b'{"caption_max_length": 100000, "batch_size": 100000}',
+                                   "caption_max_length must be between 2 and 64"),
+        "top_k zero": (image, document, b'{"top_k": 0}', "top_k must be between 1 and 20"),
+        "top_k not an integer": (image, document, b'{"top_k": "3"}', "top_k must be an integer"),
+        "unknown parameter": (image, document, b'{"topk": 3}', "unknown parameter(s) topk"),
+        "params not JSON": (image, document, b"top_k=3", "invalid params"),
+        "params not an object": (image, document, b"[3]", "params must be a JSON object"),
+        "clipseg side": (image, document, b'{"clipseg_size": 256}', "clipseg_size is fixed at 512"),
+        "corrupt image": (b"not an image", document, None, "unreadable image"),
+        "empty image": (b"", document, None, "image file is empty"),
+        "invalid JSON": (image, b"{broken json", None, "invalid JSON"),
+        "corrupt RLE": (image, json.dumps(bad_rle).encode(), None, "RLE counts are corrupt"),
+    }
+    before = _executions(grpc_client)
+    for name, (img, doc, params, message) in cases.items():
+        with pytest.raises(InferenceServerException) as grpc_error:
+            _grpc_infer(server.url, img, doc, params)
+        assert grpc_error.value.status() == "StatusCode.INVALID_ARGUMENT", (name, grpc_error.value)
+        assert message in grpc_error.value.message(), (name, grpc_error.value.message())
+        with pytest.raises(InferenceServerException) as http_error:
+            _http_infer(f"127.0.0.1:{server.http_port}", img, doc, params)
+        assert http_error.value.status() == "400", (name, http_error.value)
+        assert message in http_error.value.message(), (name, http_error.value.message())
+        assert "0x" not in grpc_error.value.message()  # no Python object addresses in a reason
+    assert _executions(grpc_client) == before, "a compute model ran for a request refused as the client's fault"
+    result = _http_infer(f"127.0.0.1:{server.http_port}", image, document, b'{"top_k": 2}')
+    assert result.as_numpy("class_proposals").shape[-1] == 2
+
+
 def test_engine_parameters_are_honoured(example_dir, grpc_client):
     from ssa.params import EngineParams
 

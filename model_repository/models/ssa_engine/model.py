@@ -11,8 +11,9 @@ sub-requests (both OneFormers, BLIP, CLIP) are in flight together (`async_exec`)
 of a batch are interleaved, so one image's CPU work (decoding, spaCy) overlaps another's models;
 the cpu target runs them one after another (its models already use every core).
 
-A bad request (corrupt image, invalid JSON or RLE) gets its own error; the others in the batch
-are unaffected.
+A bad request (corrupt image, invalid JSON or RLE, parameters out of range) gets its own error,
+INVALID_ARG (HTTP 400, gRPC INVALID_ARGUMENT), before any model runs; the others in the batch are
+unaffected. The server's own failures stay INTERNAL (HTTP 500).
 """
 
 from __future__ import annotations
@@ -87,19 +88,30 @@ class TritonModels(GraphModels):
 
 
 def parse_params(request, defaults: EngineParams) -> EngineParams:
+    """The request's parameters over the server's defaults; InputError (the client's fault) for
+    JSON that is not an object of known, in-range fields, or one the exported models cannot take."""
     tensor = pb_utils.get_input_tensor_by_name(request, "params")
     if tensor is None:
         return defaults
     raw = tensor.as_numpy().reshape(-1)[0]
     try:
-        values = json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else str(raw))
-        return EngineParams(**{**defaults.to_dict(), **values})
-    except (json.JSONDecodeError, TypeError, ValueError) as exc:
+        params = EngineParams.from_dict(json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)),
+                                        defaults)
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError) as exc:
         raise InputError(f"invalid params ({exc})") from exc
+    if params.clipseg_size != defaults.clipseg_size:
+        raise InputError(f"invalid params (clipseg_size is fixed at {defaults.clipseg_size} by the exported "
+                         f"CLIPSeg model, got {params.clipseg_size})")
+    return params
 
 
 def bytes_of(request, name: str) -> bytes:
-    value = pb_utils.get_input_tensor_by_name(request, name).as_numpy().reshape(-1)[0]
+    """The one BYTES element of input `name`; InputError when it is missing or not one element."""
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    values = tensor.as_numpy().reshape(-1) if tensor is not None else np.empty(0, dtype=object)
+    if values.size != 1:
+        raise InputError(f"{name}: expected one BYTES element, got {values.size}")
+    value = values[0]
     return value if isinstance(value, bytes) else str(value).encode("utf-8")
 
 
@@ -158,8 +170,9 @@ class TritonPythonModel:
         async with slots:
             try:
                 return pb_utils.InferenceResponse(await self._annotate(request))
-            except InputError as exc:
-                return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"invalid input: {exc}"))
+            except InputError as exc:  # the client's fault: INVALID_ARG (HTTP 400, gRPC INVALID_ARGUMENT)
+                return pb_utils.InferenceResponse(
+                    error=pb_utils.TritonError(f"invalid input: {exc}", pb_utils.TritonError.INVALID_ARG))
             except Exception as exc:  # a failed sub-model or a bug: still one response per request
                 return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{type(exc).__name__}: {exc}"))
 

@@ -1,0 +1,124 @@
+"""The embedded tritonserver leaves nothing behind: SIGKILLed (as the OOM killer does) or orphaned
+by the process that started it, its Python-backend stubs end with it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from model_repository.server import EmbeddedServer
+
+
+def descendants(pid: int) -> set[int]:
+    """Every living process below `pid`."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text(errors="replace")
+            except OSError:
+                continue
+            fields = stat[stat.rfind(")") + 2 :].split()
+            if fields[0] != "Z":
+                parents[int(entry)] = int(fields[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {p for p, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(errors="replace")
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2 :].split()[0] != "Z"
+
+
+def wait_gone(pids: set[int], seconds: float) -> set[int]:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and any(alive(p) for p in pids):
+        time.sleep(0.2)
+    return {p for p in pids if alive(p)}
+
+
+HELPER_MODEL = """
+import signal, subprocess
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        # a worker process of the kind model code starts (tokenizer pools, data loaders) that
+        # ignores SIGTERM and watches no parent: without a reaper it outlives the server
+        self.worker = subprocess.Popen(["sleep", "600"],
+                                       preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_IGN))
+
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("y", np.zeros(1, np.float32))]) for _ in requests]
+"""
+HELPER_CONFIG = """name: "helper"
+backend: "python"
+max_batch_size: 0
+input [{ name: "x", data_type: TYPE_FP32, dims: [1] }]
+output [{ name: "y", data_type: TYPE_FP32, dims: [1] }]
+instance_group [{ kind: KIND_CPU, count: 1 }]
+"""
+
+
+def test_sigkilled_tritonserver_leaves_no_process(repositories, tmp_path):
+    """The tiny repository plus a model whose worker process ignores SIGTERM; tritonserver
+    SIGKILLed: every stub and the worker are gone."""
+    repo = tmp_path / "repository"
+    shutil.copytree(repositories["cpu"], repo)
+    (repo / "helper" / "1").mkdir(parents=True)
+    (repo / "helper" / "config.pbtxt").write_text(HELPER_CONFIG)
+    (repo / "helper" / "1" / "model.py").write_text(HELPER_MODEL)
+    server = EmbeddedServer(repo, log_path=tmp_path / "triton.log").start()
+    workers: set[int] = set()
+    try:
+        triton = server.pid
+        started = descendants(triton)
+        assert len(started) >= 12, "a stub per model instance and the helper's worker"
+        workers = {p for p in started if Path(f"/proc/{p}/cmdline").read_bytes().startswith(b"sleep")}
+        assert len(workers) == 1
+        os.kill(triton, signal.SIGKILL)
+        server.process.wait(60)
+        assert wait_gone(started | {triton}, 10) == set()
+    finally:
+        server.stop()
+        for p in workers:  # nothing of this test may outlive it, even when it fails
+            if alive(p):
+                os.kill(p, signal.SIGKILL)
+
+
+STARTER = """
+import json, sys, time
+from model_repository.server import EmbeddedServer
+server = EmbeddedServer(sys.argv[1], log_path=sys.argv[2]).start()
+print(json.dumps({"reaper": server.process.pid, "triton": server.pid}), flush=True)
+time.sleep(600)
+"""
+
+
+def test_server_ends_when_the_process_that_started_it_dies(repositories, tmp_path):
+    starter = subprocess.Popen([sys.executable, "-c", STARTER, str(repositories["cpu"]), str(tmp_path / "t.log")],
+                               stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[1])
+    try:
+        pids = json.loads(starter.stdout.readline())
+        everything = descendants(pids["reaper"]) | {pids["reaper"]}
+        assert pids["triton"] in everything and len(everything) >= 12
+        starter.kill()  # SIGKILL: no cleanup code of the starter runs
+        starter.wait()
+        assert wait_gone(everything, 60) == set()
+    finally:
+        if starter.poll() is None:
+            starter.kill()
