@@ -8,6 +8,7 @@ import json
 import numpy as np
 
 from ssa.params import EngineParams, MaskLabel
+from ssa.vocabulary import Vocabulary
 
 MODEL = "ssa_engine"
 
@@ -16,12 +17,26 @@ class EngineRequestError(RuntimeError):
     """The server answered the request with an error (e.g. invalid input)."""
 
 
-def build_inputs(image_bytes: bytes, document_bytes: bytes, params: EngineParams | None = None):
+def params_bytes(params: EngineParams | None, vocabulary: Vocabulary | None = None) -> bytes | None:
+    """The request's "params" element: the engine parameters and the vocabulary, as JSON."""
+    if params is None and vocabulary is None:
+        return None
+    values = (params or EngineParams()).to_dict()
+    if vocabulary is not None:
+        values["vocabulary"] = vocabulary.to_json()
+    return json.dumps(values, ensure_ascii=False).encode("utf-8")
+
+
+def build_inputs(image_bytes: bytes, document_bytes: bytes, params: EngineParams | None = None,
+                 vocabulary: Vocabulary | None = None, encoded_params: bytes | None = None):
+    """The request's input tensors. `encoded_params` (from `params_bytes`) saves re-encoding a
+    large vocabulary for every image."""
     import tritonclient.grpc as grpcclient
 
     tensors = [("image", image_bytes), ("annotations", document_bytes)]
-    if params is not None:
-        tensors.append(("params", json.dumps(params.to_dict()).encode()))
+    encoded = encoded_params if encoded_params is not None else params_bytes(params, vocabulary)
+    if encoded is not None:
+        tensors.append(("params", encoded))
     inputs = []
     for name, value in tensors:
         t = grpcclient.InferInput(name, [1, 1], "BYTES")
@@ -50,12 +65,12 @@ def parse_result(result) -> list[MaskLabel]:
 
 
 def annotate(client, image_bytes: bytes, document_bytes: bytes, params: EngineParams | None = None,
-             timeout: float | None = None) -> list[MaskLabel]:
+             timeout: float | None = None, vocabulary: Vocabulary | None = None) -> list[MaskLabel]:
     """One synchronous request; raises EngineRequestError with the server's message."""
     from tritonclient.utils import InferenceServerException
 
     try:
-        result = client.infer(MODEL, build_inputs(image_bytes, document_bytes, params),
+        result = client.infer(MODEL, build_inputs(image_bytes, document_bytes, params, vocabulary),
                               outputs=None, client_timeout=timeout)
     except InferenceServerException as exc:
         raise EngineRequestError(exc.message() or str(exc)) from exc

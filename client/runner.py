@@ -24,7 +24,7 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
-from client.engine_client import MODEL, build_inputs, parse_result
+from client.engine_client import MODEL, build_inputs, params_bytes, parse_result
 from ssa.dataset import Item, Listing, Shard
 from ssa.errors import InputError, read_input
 from ssa.outputs import (
@@ -37,6 +37,7 @@ from ssa.outputs import (
 )
 from ssa.params import EngineParams
 from ssa.sa1b import parse_document
+from ssa.vocabulary import Vocabulary
 
 ENGINE_NAME = "triton ssa_engine"
 EXPECTED_INPUTS = {"image": "BYTES", "annotations": "BYTES", "params": "BYTES"}
@@ -63,6 +64,7 @@ class RunnerConfig:
     urls: list[str]
     out_dir: Path
     params: EngineParams = field(default_factory=EngineParams)
+    vocabulary: Vocabulary | None = None  # the user's class names (merged or only), sent with every request
     in_flight: int = 2  # requests kept in flight per server
     shard: Shard = field(default_factory=Shard)
     save_img: bool = False
@@ -213,6 +215,7 @@ class Run:
         self.bar = tqdm(total=0, desc="images", unit="img", dynamic_ncols=True, disable=not cfg.progress)
         self.start = time.perf_counter()
         self.prov: dict = {}
+        self.params = params_bytes(cfg.params, cfg.vocabulary)  # encoded once (a vocabulary can be large)
 
     def fail(self, entry: dict[str, str]) -> None:
         self.summary.failures.append(entry)
@@ -303,7 +306,7 @@ class Run:
         except InputError as exc:
             self.fail({"file": str(exc.source or item.image), "reason": exc.problem})
             return True
-        inputs = build_inputs(payload.image, payload.document_bytes, cfg.params)
+        inputs = build_inputs(payload.image, payload.document_bytes, encoded_params=self.params)
         strikes = 0
         while True:
             try:
@@ -340,7 +343,7 @@ class Run:
         servers = [Server(url, cfg.retry_limit) for url in cfg.urls]
         try:
             infos = await self._check(servers)
-            self.prov = provenance(ENGINE_NAME, infos[0]["profile"], cfg.params)
+            self.prov = provenance(ENGINE_NAME, infos[0]["profile"], cfg.params, cfg.vocabulary)
             tasks = [asyncio.create_task(self.work(s)) for s in servers for _ in range(cfg.in_flight)]
             producer = asyncio.create_task(self.produce(len(tasks)))
             await asyncio.gather(*tasks)

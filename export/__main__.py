@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
 
-from export.core import ExportCheckError, export_profile
+from export.core import ExportCheckError, export_profile, quiet
 from export.specs import SPECS
 
 
@@ -24,15 +25,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="folder of profile folders (default %(default)s)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default artifacts/onnx/<profile>)")
     parser.add_argument("--only", default="", help=f"comma-separated subset of: {', '.join(SPECS)}")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also show the tracer's warnings and the weight-loading bars (default: one line per "
+                             "model: name, size, largest difference against PyTorch <= its tolerance, seconds)")
     args = parser.parse_args(argv)
     profile_dir = args.models_dir / args.profile
-    if not (profile_dir / "profile.json").is_file():
-        from ssa.profiles import build_profile
-
-        build_profile(args.profile, profile_dir)
     out = args.out or Path("artifacts/onnx") / args.profile
     try:
-        export_profile(profile_dir, out, [n for n in args.only.split(",") if n] or None)
+        with contextlib.nullcontext() if args.verbose else quiet():
+            if not (profile_dir / "profile.json").is_file():
+                from ssa.profiles import build_profile
+
+                build_profile(args.profile, profile_dir)
+            export_profile(profile_dir, out, [n for n in args.only.split(",") if n] or None)
     except ExportCheckError as exc:
         print(f"export check FAILED: {exc}", file=sys.stderr)
         return 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,35 @@ BATCH_EXAMPLE, BATCH_CHECK = 2, 3  # export with batch >= 2; check at another ba
 
 class ExportCheckError(RuntimeError):
     """An exported model disagrees with PyTorch beyond its stated tolerance."""
+
+
+@contextlib.contextmanager
+def quiet():
+    """No tracer or deprecation warnings and no weight-loading bars (the export's own one line per
+    model is what a user reads; `python -m export --verbose` shows the rest)."""
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def summary_line(name: str, size_bytes: int, diffs: dict[str, dict[str, float]], seconds: float) -> str:
+    """One line per exported model: name, size, the largest difference against PyTorch over its
+    outputs and the tolerance it was held to."""
+    worst = max(diffs.items(), key=lambda kv: kv[1]["max_abs_diff"] / kv[1]["bound"] if kv[1]["bound"] else 0)
+    output, d = worst
+    return (f"{name:<18} {size_bytes / 1e6:8.1f} MB   max |ONNX - PyTorch| {d['max_abs_diff']:.1e} "
+            f"<= {d['bound']:.1e} ({output})   {seconds:.1f}s")
 
 
 def load_role(profile_dir: Path, role: str) -> torch.nn.Module:
@@ -102,8 +132,7 @@ def export_profile(profile_dir: str | Path, out_dir: str | Path, names: list[str
         export_model(spec, model, path)
         exported = time.perf_counter() - start
         diffs = check_model(spec, model, path)
-        log(f"{name}: exported in {exported:.1f}s, {path.stat().st_size / 1e6:.1f} MB; max |ONNX - PyTorch| "
-            + ", ".join(f"{k} {v['max_abs_diff']:.1e}" for k, v in diffs.items()) + f" (atol {spec.atol:g}, rtol {spec.rtol:g})")
+        log(summary_line(name, path.stat().st_size, diffs, exported))
         manifest["models"][name] = {
             "file": path.name,
             "inputs": [{"name": t.name, "dtype": t.dtype, "dims": list(t.dims)} for t in spec.inputs(model)],

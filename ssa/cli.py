@@ -29,6 +29,29 @@ def add_params(parser: argparse.ArgumentParser) -> None:
                         f"[{bounds_text('caption_max_length')}] (default %(default)s)")
 
 
+def add_vocabulary(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("vocabulary (your own class names)")
+    g.add_argument("--vocabulary", type=Path, default=None, metavar="FILE",
+                   help="UTF-8 file, one class name per line ('#' lines are comments); 'name: synonym, "
+                        "synonym' scores a class with all its names, and a candidate equal to a synonym "
+                        "becomes the class. Merged into every mask's candidates before CLIP's top-k "
+                        "(at most 10,000 names)")
+    g.add_argument("--vocabulary_only", action="store_true",
+                   help="use only the vocabulary's names as candidates (no OneFormer or caption names): CLIP's "
+                        "top-k over the list, CLIPSeg's vote among that top-k")
+
+
+def vocabulary_from(args: argparse.Namespace):
+    """The vocabulary the options name (read and checked before any work starts), or None."""
+    from ssa.vocabulary import Vocabulary
+
+    if args.vocabulary is None:
+        if args.vocabulary_only:
+            raise ValueError("--vocabulary_only needs --vocabulary FILE")
+        return None
+    return Vocabulary.read(args.vocabulary, only=args.vocabulary_only)
+
+
 def params_from(args: argparse.Namespace) -> EngineParams:
     return EngineParams(top_k=args.top_k, scale_small=args.scale_small, scale_large=args.scale_large,
                         scale_huge=args.scale_huge, caption_max_length=args.caption_max_length)
@@ -82,6 +105,7 @@ def cmd_reference(args: argparse.Namespace) -> int:
     from ssa.runner import run_in_process
 
     params = params_from(args)
+    vocabulary = vocabulary_from(args)
     listing = folder_listing(args.data_dir)
     try:
         device = resolve(args.device)
@@ -90,9 +114,11 @@ def cmd_reference(args: argparse.Namespace) -> int:
         return 2
     models = TorchModels.load(profile_dir(args), device=str(device))
     summary = run_in_process(listing.items, args.out_dir,
-                             lambda item, image, masks: annotate_image(image, masks, models, params),
+                             lambda item, image, masks: annotate_image(image, masks, models, params,
+                                                                       vocabulary=vocabulary),
                              engine="reference (PyTorch, one mask at a time)", profile=models.profile, params=params,
-                             save_img=args.save_img, overwrite=args.overwrite, unusable=listing.unusable)
+                             save_img=args.save_img, overwrite=args.overwrite, unusable=listing.unusable,
+                             vocabulary=vocabulary)
     return 1 if summary.failures else 0
 
 
@@ -124,6 +150,7 @@ def cmd_annotate(args: argparse.Namespace) -> int:
     if args.in_flight < 1:
         raise ValueError("--in_flight must be at least 1")
     cfg = RunnerConfig(urls=args.url or ["127.0.0.1:8001"], out_dir=args.out_dir, params=params_from(args),
+                       vocabulary=vocabulary_from(args),
                        in_flight=args.in_flight, shard=Shard.parse(args.shard), save_img=args.save_img,
                        overwrite=args.overwrite, retry_limit=args.retry_limit, request_timeout=args.timeout)
     with contextlib.ExitStack() as stack:
@@ -190,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="torch device of the models: cpu (default), cuda, cuda:1")
     add_profile(p)
     add_params(p)
+    add_vocabulary(p)
     p.set_defaults(func=cmd_reference)
 
     p = sub.add_parser(
@@ -232,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--summary", type=Path, default=None, metavar="FILE",
                    help="also write the run's summary (counts, seconds, images/s, masks/s) as JSON to FILE")
     add_params(p)
+    add_vocabulary(p)
     p.set_defaults(func=cmd_annotate)
 
     p = sub.add_parser("coco", help="gather a folder of <stem>_semantic.json into one COCO instances file",

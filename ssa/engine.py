@@ -28,6 +28,7 @@ from ssa.params import EngineParams, MaskLabel
 from ssa.pixels import crop_tensor
 from ssa.preprocess import Processors
 from ssa.sa1b import MaskSet
+from ssa.vocabulary import Vocabulary, class_embeddings, mask_candidates
 from ssa.voting import count_margin
 
 DATASETS = ("coco", "ade20k")
@@ -162,8 +163,9 @@ class ImageJob:
     """
 
     def __init__(self, image: np.ndarray, mask_set: MaskSet, models: TensorModels, processors: Processors,
-                 params: EngineParams, nlp=None, kernel: str = "auto"):
+                 params: EngineParams, nlp=None, kernel: str = "auto", vocabulary: Vocabulary | None = None):
         self.models, self.processors, self.params, self.kernel = models, processors, params, kernel
+        self.vocabulary = vocabulary
         self.nlp = nlp or load_spacy()
         self.device = models.device
         self.size = image.shape[:2]
@@ -199,11 +201,13 @@ class ImageJob:
 
         captions = [self.processors.caption_text(ids) for ids in to_host(out.token_ids, "token_ids")]
         phrases = noun_phrases_batch(captions, self.nlp)
-        candidates = [union_candidates(c, ph) for c, ph in zip(close_set, phrases)]
+        candidates = [mask_candidates(c, ph, self.vocabulary) for c, ph in zip(close_set, phrases)]
 
         image_embeds = to_host(out.image_embeds, "clip_image_embeds")
         distinct = union_candidates(*candidates)
-        text = dict(zip(distinct, to_host(self.models.clip_text(distinct), "clip_text_embeds")))
+        embeds = class_embeddings(distinct, lambda t: to_host(self.models.clip_text(t), "clip_text_embeds"),
+                                  self.vocabulary)
+        text = dict(zip(distinct, embeds))
         proposals = [clip_proposals(image_embeds[i], np.stack([text[c] for c in cands]),
                                     self.models.clip_logit_scale, cands, p.top_k)
                      for i, cands in enumerate(candidates)]
@@ -235,12 +239,14 @@ class ImageJob:
 
 
 def annotate_image(image: np.ndarray, mask_set: MaskSet, models: TensorModels, processors: Processors,
-                   params: EngineParams = EngineParams(), nlp=None, kernel: str = "auto") -> list[MaskLabel]:
+                   params: EngineParams = EngineParams(), nlp=None, kernel: str = "auto",
+                   vocabulary: Vocabulary | None = None) -> list[MaskLabel]:
     """Label every mask of one image. image: (H, W, 3) uint8 RGB; mask_set: validated masks + bboxes.
 
     kernel: how the device resizes crops ("auto": Pillow on the CPU, the exact tensor form on a GPU).
+    vocabulary: the user's class names, merged into every mask's candidates or replacing them.
     """
     if len(mask_set) == 0:
         return []
-    job = ImageJob(image, mask_set, models, processors, params, nlp, kernel)
+    job = ImageJob(image, mask_set, models, processors, params, nlp, kernel, vocabulary)
     return job.finish(models.image_stage(job.image_inputs()))

@@ -17,6 +17,7 @@ from ssa import __version__
 from ssa.errors import plain
 from ssa.params import EngineParams, MaskLabel
 from ssa.sa1b import write_bytes_atomic, write_json_atomic
+from ssa.vocabulary import Vocabulary
 
 FAILURES_FILE = "failures.json"
 
@@ -27,8 +28,10 @@ def output_paths(out_dir: str | Path, stem: str) -> tuple[Path, Path]:
     return out_dir / f"{stem}_semantic.json", out_dir / f"{stem}_semantic.png"
 
 
-def provenance(engine: str, profile: dict, params: EngineParams) -> dict[str, Any]:
-    """The block recorded in every output: which engine, models and parameters made it."""
+def provenance(engine: str, profile: dict, params: EngineParams, vocabulary: Vocabulary | None = None
+               ) -> dict[str, Any]:
+    """The block recorded in every output: which engine, models, parameters and vocabulary (its
+    hash, size and mode; null without one) made it."""
     return {
         "engine": engine,
         "package_version": __version__,
@@ -36,6 +39,7 @@ def provenance(engine: str, profile: dict, params: EngineParams) -> dict[str, An
         "model_ids": profile.get("model_ids", {}),
         "model_sources": profile.get("sources", {}),
         "params": params.to_dict(),
+        "vocabulary": vocabulary.provenance() if vocabulary is not None else None,
         "python": platform.python_version(),
     }
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ssa.candidates import logit_margin, softmax, top_k, union_candidates
+from ssa.candidates import clip_logits, logit_margin, softmax, top_k
 from ssa.engine import DATASETS
 from ssa.geometry import crop, crop_box
 from ssa.labels import class_names
@@ -23,6 +23,7 @@ from ssa.preprocess import CHANNELS_LAST
 from ssa.profiles import ROLES, load_role_model
 from ssa.sa1b import MaskSet
 from ssa.timing import NO_TIMER
+from ssa.vocabulary import Vocabulary, class_embeddings, mask_candidates
 from ssa.voting import class_counts, count_margin, pixel_vote
 
 
@@ -73,19 +74,39 @@ def caption(models: TorchModels, patch: np.ndarray, max_length: int) -> str:
     return processor.decode(out[0].cpu(), skip_special_tokens=True).strip()
 
 
-def clip_classification(models: TorchModels, patch: np.ndarray, names: list[str], k: int):
+def clip_classification(models: TorchModels, patch: np.ndarray, names: list[str], k: int,
+                        vocabulary: Vocabulary | None = None):
     """CLIP's top-k of `names` for one crop: (names best first, their softmax probabilities, the
-    decision's logit margin)."""
+    decision's logit margin). A vocabulary class with synonyms is scored with the normalised mean
+    of its names' text embeddings."""
     import torch
 
     processor, model = models.processors["clip"], models.models["clip"]
-    inputs = processor(text=names, images=patch, return_tensors="pt", padding=True,
-                       input_data_format=CHANNELS_LAST).to(models.device)
-    with torch.no_grad():
-        logits = model(**inputs).logits_per_image[0].double().cpu().numpy()
+    if vocabulary is None or all(len(vocabulary.texts(n)) == 1 for n in names):
+        inputs = processor(text=names, images=patch, return_tensors="pt", padding=True,
+                           input_data_format=CHANNELS_LAST).to(models.device)
+        with torch.no_grad():
+            logits = model(**inputs).logits_per_image[0].double().cpu().numpy()
+    else:
+        def embed(texts):
+            tokens = processor(text=list(texts), return_tensors="pt", padding=True).to(models.device)
+            with torch.no_grad():
+                pooled = model.text_model(**tokens).pooler_output
+                return _normalise(model.text_projection(pooled)).cpu().numpy()
+
+        pixels = processor(images=patch, return_tensors="pt", input_data_format=CHANNELS_LAST).to(models.device)
+        with torch.no_grad():
+            pooled = model.vision_model(pixel_values=pixels["pixel_values"]).pooler_output
+            image_embed = _normalise(model.visual_projection(pooled))[0].cpu().numpy()
+        text = class_embeddings(names, embed, vocabulary)
+        logits = clip_logits(image_embed, text, float(model.logit_scale.exp()))
     probs = softmax(logits)
     best = top_k(probs, k)
     return [names[i] for i in best], [float(probs[i]) for i in best], logit_margin(logits, k)
+
+
+def _normalise(x):
+    return x / x.norm(p=2, dim=-1, keepdim=True)
 
 
 def clipseg_segmentation(models: TorchModels, patch: np.ndarray, names: list[str], size: int):
@@ -106,10 +127,12 @@ def clipseg_segmentation(models: TorchModels, patch: np.ndarray, names: list[str
 
 
 def annotate_image(image: np.ndarray, mask_set: MaskSet, models: TorchModels,
-                   params: EngineParams = EngineParams(), nlp=None, timer=NO_TIMER) -> list[MaskLabel]:
+                   params: EngineParams = EngineParams(), nlp=None, timer=NO_TIMER,
+                   vocabulary: Vocabulary | None = None) -> list[MaskLabel]:
     """Label every mask of one image, one mask at a time. image: (H, W, 3) uint8 RGB.
 
     timer: a `ssa.timing.StageTimer` to collect seconds per model stage (benchmarks).
+    vocabulary: the user's class names, merged into every mask's candidates or replacing them.
     """
     nlp = nlp or load_spacy()
     size = image.shape[:2]
@@ -128,9 +151,10 @@ def annotate_image(image: np.ndarray, mask_set: MaskSet, models: TorchModels,
         huge_box = crop_box(bbox, params.scale_huge, size)
         with timer("caption"):
             text = caption(models, patch_large, params.caption_max_length)
-        candidates = union_candidates(close_set, noun_phrases(text, nlp))
+        candidates = mask_candidates(close_set, noun_phrases(text, nlp), vocabulary)
         with timer("clip"):
-            proposals, scores, clip_margin = clip_classification(models, patch_small, candidates, params.top_k)
+            proposals, scores, clip_margin = clip_classification(models, patch_small, candidates, params.top_k,
+                                                                 vocabulary)
         with timer("clipseg"):
             winners = clipseg_segmentation(models, crop(image, huge_box), proposals, params.clipseg_size).cpu().numpy()
         winner, share, vote_margin = pixel_vote(winners, crop(mask, huge_box), len(proposals))

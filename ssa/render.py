@@ -1,12 +1,19 @@
-"""A picture of the output: every mask in colour, labelled with its class name."""
+"""A picture of the output to compare with the photo: every mask a translucent fill of its class's
+colour with an outline, class names written inside their masks where they fit, and a legend of the
+classes present beside the image. Large images are scaled down for viewing."""
 
 from __future__ import annotations
 
 import colorsys
 import hashlib
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+MAX_SIDE = 1600  # longest side of the drawn photo, in pixels (SA-1B photos are ~1500 x 2250)
+FILL_ALPHA = 0.5
+MIN_LABEL_SHARE = 0.001  # masks smaller than this share of the image get no label (the legend has them)
 
 
 def name_colour(name: str) -> tuple[int, int, int]:
@@ -16,36 +23,165 @@ def name_colour(name: str) -> tuple[int, int, int]:
     return int(r * 255), int(g * 255), int(b * 255)
 
 
-def _label_point(mask: np.ndarray) -> tuple[int, int]:
-    """(x, y) of the mask pixel closest to the mask's centroid."""
+@dataclass
+class Picture:
+    """The drawn picture and where things went (in its pixels)."""
+
+    image: Image.Image
+    scale: float  # drawn photo size / original size
+    photo_size: tuple[int, int]  # (width, height) of the drawn photo (the legend is to its right)
+    labels: list[tuple[str, tuple[int, int, int, int]]] = field(default_factory=list)  # (name, box)
+    legend: list[str] = field(default_factory=list)  # class names, most pixels first
+
+
+def _scaled(image: np.ndarray, masks: np.ndarray, max_side: int) -> tuple[np.ndarray, np.ndarray, float]:
+    h, w = image.shape[:2]
+    scale = min(1.0, max_side / max(h, w))
+    if scale == 1.0:
+        return image, masks, 1.0
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    photo = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.LANCZOS))
+    small = np.stack([np.asarray(Image.fromarray(m).resize(size, Image.Resampling.NEAREST)) for m in masks]) \
+        if len(masks) else np.zeros((0, size[1], size[0]), bool)
+    return photo, small, scale
+
+
+def _extent(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """(y0, y1, x0, x1) of the mask's pixels (an empty box for an empty mask)."""
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if len(rows) == 0:
+        return 0, 0, 0, 0
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
+def _outline(mask: np.ndarray, width: int) -> np.ndarray:
+    """The mask's pixels within `width` of its border (or of the image's)."""
+    inner = mask.copy()
+    for _ in range(width):
+        shrunk = inner.copy()
+        shrunk[1:, :] &= inner[:-1, :]
+        shrunk[:-1, :] &= inner[1:, :]
+        shrunk[:, 1:] &= inner[:, :-1]
+        shrunk[:, :-1] &= inner[:, 1:]
+        shrunk[0, :] = shrunk[-1, :] = False
+        shrunk[:, 0] = shrunk[:, -1] = False
+        inner = shrunk
+    return mask & ~inner
+
+
+def _box_sums(grid: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Sum of `grid` over every h x w window (top-left anchored)."""
+    table = np.zeros((grid.shape[0] + 1, grid.shape[1] + 1), np.int64)
+    table[1:, 1:] = grid.astype(np.int64).cumsum(0).cumsum(1)
+    return table[h:, w:] - table[:-h, w:] - table[h:, :-w] + table[:-h, :-w]
+
+
+def _place(mask: np.ndarray, taken: np.ndarray, w: int, h: int) -> tuple[int, int] | None:
+    """Top-left (x, y) of a w x h box wholly inside `mask`, clear of `taken`, nearest the mask's
+    centroid; None when no such box exists."""
     ys, xs = np.nonzero(mask)
-    i = int(np.argmin((ys - ys.mean()) ** 2 + (xs - xs.mean()) ** 2))
-    return int(xs[i]), int(ys[i])
+    if len(ys) < w * h:
+        return None
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    if y1 - y0 < h or x1 - x0 < w:
+        return None
+    region = mask[y0:y1, x0:x1]
+    fits = (_box_sums(region, h, w) == w * h) & (_box_sums(taken[y0:y1, x0:x1], h, w) == 0)
+    cy, cx = np.nonzero(fits)
+    if len(cy) == 0:
+        return None
+    centre_y, centre_x = ys.mean() - y0 - h / 2, xs.mean() - x0 - w / 2
+    i = int(np.argmin((cy - centre_y) ** 2 + (cx - centre_x) ** 2))
+    return int(cx[i] + x0), int(cy[i] + y0)
 
 
-def render_labels(image: np.ndarray, masks: np.ndarray, names: list[str], alpha: float = 0.45) -> Image.Image:
-    """The image with masks painted largest first (small ones stay visible) and labelled.
+def _font(size: int) -> ImageFont.ImageFont:
+    return ImageFont.load_default(size=size)
 
-    image: (H, W, 3) uint8 RGB; masks: (N, H, W) bool; names: N class names. Labels that would
-    cover one already drawn are skipped, larger masks first, so the text stays readable.
+
+def render(image: np.ndarray, masks: np.ndarray, names: list[str], max_side: int = MAX_SIDE,
+           alpha: float = FILL_ALPHA) -> Picture:
+    """Draw the labelled masks over the photo.
+
+    image: (H, W, 3) uint8 RGB; masks: (N, H, W) bool; names: N class names. Masks are filled
+    largest first, so small ones stay visible on top; each gets an outline in its colour. A label
+    is written only where its box fits wholly inside its mask without covering another label
+    (largest masks first), so every label lies on its own mask and on the canvas.
     """
-    out = image.astype(np.float32).copy()
-    order = np.argsort([-int(m.sum()) for m in masks], kind="stable")
+    if len(names) != len(masks):
+        raise ValueError(f"{len(names)} names for {len(masks)} masks")
+    photo, small, scale = _scaled(image, masks.astype(bool), max_side)
+    h, w = photo.shape[:2]
+    areas = small.reshape(len(small), -1).sum(1) if len(small) else np.zeros(0, int)
+    order = np.argsort(-areas, kind="stable")
+    out = photo.astype(np.float32)
+    colours = {n: np.array(name_colour(n), np.float32) for n in set(names)}
+    boxes = [_extent(m) for m in small]
+    for i in order:  # within each mask's extent: a few hundred masks stay fast on large images
+        (y0, y1, x0, x1), m = boxes[i], small[i][boxes[i][0] : boxes[i][1], boxes[i][2] : boxes[i][3]]
+        region = out[y0:y1, x0:x1]
+        region[m] = (1 - alpha) * region[m] + alpha * colours[names[i]]
+    line = max(1, round(max(h, w) / 800))
     for i in order:
-        out[masks[i]] = (1 - alpha) * out[masks[i]] + alpha * np.array(name_colour(names[i]), np.float32)
-    canvas = Image.fromarray(np.clip(out, 0, 255).astype(np.uint8))
+        (y0, y1, x0, x1) = boxes[i]  # a tight extent: its border rows and columns are the mask's edge
+        out[y0:y1, x0:x1][_outline(small[i][y0:y1, x0:x1], line)] = colours[names[i]]
+    photo_drawn = Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8))
+
+    font = _font(max(11, min(h, w) // 45))
+    draw = ImageDraw.Draw(photo_drawn)
+    taken = np.zeros((h, w), bool)
+    labels = []
+    for i in order:
+        if areas[i] < MIN_LABEL_SHARE * h * w:
+            continue
+        left, top, right, bottom = draw.textbbox((0, 0), names[i], font=font)
+        bw, bh = right - left + 6, bottom - top + 4
+        spot = _place(small[i], taken, bw, bh)
+        if spot is None:
+            continue
+        x, y = spot
+        box = (x, y, x + bw, y + bh)
+        taken[y : y + bh, x : x + bw] = True
+        draw.rectangle((box[0], box[1], box[2] - 1, box[3] - 1), fill=(0, 0, 0))
+        draw.text((x + 3 - left, y + 2 - top), names[i], fill=tuple(int(c) for c in colours[names[i]]), font=font)
+        labels.append((names[i], box))
+
+    legend = _legend_order(names, areas)
+    canvas = _with_legend(photo_drawn, legend, font)
+    return Picture(canvas, scale, (w, h), labels, legend)
+
+
+def _legend_order(names: list[str], areas: np.ndarray) -> list[str]:
+    total: dict[str, int] = {}
+    for name, area in zip(names, areas):
+        total[name] = total.get(name, 0) + int(area)
+    return sorted(total, key=lambda n: (-total[n], n))
+
+
+def _with_legend(photo: Image.Image, legend: list[str], font) -> Image.Image:
+    """The photo with a legend panel to its right: a colour swatch and the name of each class, in
+    as many columns as the photo's height needs."""
+    if not legend:
+        return photo
+    probe = ImageDraw.Draw(photo)
+    row = probe.textbbox((0, 0), "Ag", font=font)[3] + 8
+    pad = row // 2
+    per_column = max(1, (photo.height - 2 * pad) // row)
+    columns = [legend[i : i + per_column] for i in range(0, len(legend), per_column)]
+    widths = [max(probe.textlength(n, font=font) for n in col) + row + pad for col in columns]
+    canvas = Image.new("RGB", (photo.width + int(sum(widths)) + 2 * pad, photo.height), (255, 255, 255))
+    canvas.paste(photo, (0, 0))
     draw = ImageDraw.Draw(canvas)
-    font = ImageFont.load_default(size=max(11, min(image.shape[:2]) // 40))
-    placed: list[tuple[int, int, int, int]] = []
-    for i in order:
-        if masks[i].sum() < 0.002 * masks[i].size:
-            continue
-        x, y = _label_point(masks[i])
-        left, top, right, bottom = draw.textbbox((x, y), names[i], font=font, anchor="mm")
-        box = (left - 3, top - 2, right + 3, bottom + 2)
-        if any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in placed):
-            continue
-        placed.append(box)
-        draw.rectangle(box, fill=(0, 0, 0))
-        draw.text((x, y), names[i], fill=name_colour(names[i]), font=font, anchor="mm")
+    x = photo.width + pad
+    for col, width in zip(columns, widths):
+        for j, name in enumerate(col):
+            y = pad + j * row
+            draw.rectangle((x, y + 2, x + row - 8, y + row - 6), fill=name_colour(name), outline=(0, 0, 0))
+            draw.text((x + row, y + 1), name, fill=(0, 0, 0), font=font)
+        x += int(width)
     return canvas
+
+
+def render_labels(image: np.ndarray, masks: np.ndarray, names: list[str]) -> Image.Image:
+    """The picture written as `<stem>_semantic.png` (see `render`)."""
+    return render(image, masks, names).image

@@ -50,3 +50,27 @@ def test_oneformer_runs_at_any_size(tiny_export):
         out = session.run(None, {"pixel_values": np.zeros((1, 3, h, w), np.float32), "task_inputs": task})[0]
         assert out.shape[:2] == (1, 150) and out.shape[2] >= h // 4 and out.shape[3] >= w // 4
         assert np.isfinite(out).all()
+
+
+def test_export_prints_one_line_per_model(tiny_profile, tmp_path):
+    """The command's default output: one line per model (name, size, largest difference <= its
+    tolerance), then where the files are; the tracer's warnings and loading bars only with --verbose."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    only = "clip_image,clip_text,blip_vision"
+    run = subprocess.run([sys.executable, "-m", "export", "--profile", "tiny", "--models_dir", str(tiny_profile.parent),
+                          "--out", str(tmp_path / "onnx"), "--only", only],
+                         capture_output=True, text=True, cwd=Path(__file__).parents[1], timeout=600)
+    assert run.returncode == 0, run.stderr
+    lines = (run.stdout + run.stderr).splitlines()
+    assert len(lines) == 4, lines
+    for name, line in zip(only.split(","), lines):
+        fields = line.split()
+        assert fields[0] == name and fields[2] == "MB" and "max |ONNX - PyTorch|" in line and "<=" in line, line
+    assert lines[3].startswith("ONNX files and manifest.json written to")
+    verbose = subprocess.run([sys.executable, "-m", "export", "--profile", "tiny", "--models_dir",
+                              str(tiny_profile.parent), "--out", str(tmp_path / "onnx"), "--only", "clip_text",
+                              "--verbose"], capture_output=True, text=True, cwd=Path(__file__).parents[1], timeout=600)
+    assert verbose.returncode == 0 and "TracerWarning" in verbose.stderr

@@ -19,6 +19,7 @@ unaffected. The server's own failures stay INTERNAL (HTTP 500).
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from ssa.images import decode_image
 from ssa.nouns import load_spacy
 from ssa.preprocess import Processors
 from ssa.sa1b import decode_annotations, parse_document
+from ssa.vocabulary import Vocabulary
 
 
 class SubModelError(RuntimeError):
@@ -87,22 +89,36 @@ class TritonModels(GraphModels):
                             token_ids=token_ids, image_embeds=clip["image_embeds"])
 
 
-def parse_params(request, defaults: EngineParams) -> EngineParams:
-    """The request's parameters over the server's defaults; InputError (the client's fault) for
-    JSON that is not an object of known, in-range fields, or one the exported models cannot take."""
+@functools.lru_cache(maxsize=16)
+def _vocabulary(text: str) -> Vocabulary:
+    """A request's vocabulary, parsed and checked once per distinct list (its CLIP text embeddings
+    are cached by the models' text cache, so each name is encoded once)."""
+    return Vocabulary.from_json(json.loads(text))
+
+
+def parse_params(request, defaults: EngineParams) -> tuple[EngineParams, Vocabulary | None]:
+    """The request's parameters over the server's defaults, and its vocabulary (the optional
+    "vocabulary" field: {"classes", "synonyms", "only"}); InputError (the client's fault) for JSON
+    that is not an object of known, in-range fields, or one the exported models cannot take."""
     tensor = pb_utils.get_input_tensor_by_name(request, "params")
     if tensor is None:
-        return defaults
+        return defaults, None
     raw = tensor.as_numpy().reshape(-1)[0]
     try:
-        params = EngineParams.from_dict(json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)),
-                                        defaults)
+        values = json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else str(raw))
+        vocabulary = None
+        if isinstance(values, dict) and "vocabulary" in values:
+            values = dict(values)
+            vocabulary = _vocabulary(json.dumps(values.pop("vocabulary"), sort_keys=True, ensure_ascii=False))
+        params = EngineParams.from_dict(values, defaults)
+    except InputError as exc:
+        raise InputError(f"invalid params ({exc.problem})") from exc
     except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError) as exc:
         raise InputError(f"invalid params ({exc})") from exc
     if params.clipseg_size != defaults.clipseg_size:
         raise InputError(f"invalid params (clipseg_size is fixed at {defaults.clipseg_size} by the exported "
                          f"CLIPSeg model, got {params.clipseg_size})")
-    return params
+    return params, vocabulary
 
 
 def bytes_of(request, name: str) -> bytes:
@@ -152,13 +168,13 @@ class TritonPythonModel:
         self.concurrent_image_stage = params.get("concurrent_image_stage", "1") == "1"
 
     async def _annotate(self, request):
-        params = parse_params(request, self.defaults)
+        params, vocabulary = parse_params(request, self.defaults)
         image = decode_image(bytes_of(request, "image"), "image")
         doc = parse_document(bytes_of(request, "annotations"), "annotations")
         masks = decode_annotations(doc, image.shape[:2], "annotations")
         if len(masks) == 0:
             return label_tensors([], params.top_k)
-        job = ImageJob(image, masks, self.models, self.processors, params, self.nlp)
+        job = ImageJob(image, masks, self.models, self.processors, params, self.nlp, vocabulary=vocabulary)
         inputs = job.image_inputs()
         if self.concurrent_image_stage:
             outputs = await self.models.image_stage_async(inputs)
