@@ -5,8 +5,8 @@ What bakes the example's size into the graph (transformers 5.24): the pixel deco
 feature sizes), a data-dependent check in the deformable attention, and Swin's size-dependent
 padding/cropping branches. Each replacement below is numerically the original code
 (arange(h) + 0.5 == linspace(0.5, h - 0.5, h) in float32; zero-size pads and full-size crops are
-no-ops) and is applied only inside `patch_oneformer_for_dynamic_hw()`. Verified in
-../shared/probe/oneformer_dynamic_export.py; checked again by every export (`export.check`).
+no-ops) and is applied only inside `patch_oneformer_for_dynamic_hw()`. Every export checks the file
+against the unpatched model at image sizes other than the one traced (`export.core.check_model`).
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ import time
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
-GRACE_SECONDS = 10.0
+GRACE_SECONDS = 30.0  # as long as tritonserver waits for in-flight requests by default
 
 
 def _prctl(option: int, value: int) -> None:

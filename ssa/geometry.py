@@ -1,4 +1,4 @@
-"""Crop geometry of the SSA engine (SPEC.md, "Crops"), as mmcv.imcrop computes it."""
+"""Crop geometry of the SSA engine (docs/engine.md, "Crops"), as mmcv.imcrop computes it."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ code path for random and real weights.
 - tiny:  every architecture with seeded random weights and a few small layers (tests, seconds).
 - bench: the light-mode architectures at their real sizes with seeded random weights (same FLOPs
          and memory as the real models; benchmarks).
-- light, full: the Hugging Face checkpoints of the published engine (SPEC.md), downloaded when the
+- light, full: the Hugging Face checkpoints of the published engine (docs/engine.md), downloaded when the
          hub is reachable or read from a local snapshot folder (`--snapshot-dir`).
 """
 

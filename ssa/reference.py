@@ -1,5 +1,5 @@
 """The reference pipeline: the SSA engine in plain PyTorch + transformers, one mask at a time,
-each model in turn, as the published engine runs it (with its defects fixed, see SPEC.md).
+each model in turn, as the published engine runs it (with its defects fixed, see docs/engine.md).
 
 It is the baseline every faster path is compared against, so it stays simple and close to the
 published code; every non-model step comes from this package.

@@ -13,6 +13,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 MAX_SIDE = 1600  # longest side of the drawn photo, in pixels (SA-1B photos are ~1500 x 2250)
 FILL_ALPHA = 0.5
+LEGEND_CHARS = 40  # longer names are cut in the legend (labels on the photo are never cut)
 MIN_LABEL_SHARE = 0.001  # masks smaller than this share of the image get no label (the legend has them)
 
 
@@ -168,7 +169,8 @@ def _with_legend(photo: Image.Image, legend: list[str], font) -> Image.Image:
     pad = row // 2
     per_column = max(1, (photo.height - 2 * pad) // row)
     columns = [legend[i : i + per_column] for i in range(0, len(legend), per_column)]
-    widths = [max(probe.textlength(n, font=font) for n in col) + row + pad for col in columns]
+    shown = {n: n if len(n) <= LEGEND_CHARS else n[: LEGEND_CHARS - 1] + "\u2026" for n in legend}
+    widths = [max(probe.textlength(shown[n], font=font) for n in col) + row + pad for col in columns]
     canvas = Image.new("RGB", (photo.width + int(sum(widths)) + 2 * pad, photo.height), (255, 255, 255))
     canvas.paste(photo, (0, 0))
     draw = ImageDraw.Draw(canvas)
@@ -177,7 +179,7 @@ def _with_legend(photo: Image.Image, legend: list[str], font) -> Image.Image:
         for j, name in enumerate(col):
             y = pad + j * row
             draw.rectangle((x, y + 2, x + row - 8, y + row - 6), fill=name_colour(name), outline=(0, 0, 0))
-            draw.text((x + row, y + 1), name, fill=(0, 0, 0), font=font)
+            draw.text((x + row, y + 1), shown[name], fill=(0, 0, 0), font=font)
         x += int(width)
     return canvas
 

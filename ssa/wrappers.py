@@ -11,8 +11,8 @@ from torch import nn
 class OneFormerSemanticScores(nn.Module):
     """(pixel_values (B, 3, H, W) f32, task_inputs (B, 77) i64) -> semantic_scores (B, C, H/4, W/4) f32.
 
-    SPEC.md's semantic map before the resize: per query the class softmax without its last ("no
-    object") column, times the query's mask sigmoid, summed over queries.
+    The semantic map of docs/engine.md before the resize: per query the class softmax without its
+    last ("no object") column, times the query's mask sigmoid, summed over queries.
     """
 
     def __init__(self, model):

@@ -68,3 +68,13 @@ def repositories(tiny_profile, tiny_export, tmp_path_factory) -> dict:
 
     root = tmp_path_factory.mktemp("repository")
     return {target: generate_repository(tiny_export, tiny_profile, root / target, target) for target in ("cpu", "gpu")}
+
+
+@pytest.fixture(scope="session")
+def server(repositories, tmp_path_factory):
+    """One real embedded tritonserver on the tiny cpu repository, shared by the tests that only
+    send it requests (tests that kill a server start their own)."""
+    from model_repository.server import EmbeddedServer
+
+    with EmbeddedServer(repositories["cpu"], log_path=tmp_path_factory.mktemp("log") / "triton.log") as s:
+        yield s

@@ -39,12 +39,6 @@ def assert_readable_by_others(folder: Path) -> None:
     assert modes and set(modes.values()) == {"0o644"}, modes
 
 
-@pytest.fixture(scope="module")
-def server(repositories, tmp_path_factory):
-    with EmbeddedServer(repositories["cpu"], log_path=tmp_path_factory.mktemp("log") / "triton.log") as s:
-        yield s
-
-
 def run(server_urls, data, out_dir, **kw):
     cfg = RunnerConfig(urls=list(server_urls), out_dir=Path(out_dir), progress=False, **kw)
     return annotate_dataset(cfg, listings([Path(p) for p in data]))

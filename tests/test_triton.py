@@ -16,12 +16,6 @@ from ssa.dataset import folder_items
 
 
 @pytest.fixture(scope="module")
-def server(repositories, tmp_path_factory):
-    with EmbeddedServer(repositories["cpu"], log_path=tmp_path_factory.mktemp("log") / "triton.log") as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
 def grpc_client(server):
     import tritonclient.grpc as grpcclient
 
@@ -66,32 +60,20 @@ def test_bad_requests_fail_alone_in_a_batch(example_dir, grpc_client):
     assert "invalid JSON" in str(results[4])
 
 
-def _http_infer(url: str, image: bytes, document: bytes, params: bytes | None):
-    import numpy as np
-    import tritonclient.http as httpclient
-
-    client = httpclient.InferenceServerClient(url)
-    inputs = []
-    for name, value in (("image", image), ("annotations", document), ("params", params)):
-        if value is not None:
-            t = httpclient.InferInput(name, [1, 1], "BYTES")
-            t.set_data_from_numpy(np.array([[value]], dtype=object))
-            inputs.append(t)
-    return client.infer("ssa_engine", inputs)
-
-
-def _grpc_infer(url: str, image: bytes, document: bytes, params: bytes | None):
+def _infer(protocol: str, url: str, image: bytes, document: bytes, params: bytes | None):
+    """One raw request to ssa_engine with tritonclient's `protocol` module (grpc or http)."""
     import numpy as np
     import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
 
-    client = grpcclient.InferenceServerClient(url)
+    module = {"grpc": grpcclient, "http": httpclient}[protocol]
     inputs = []
     for name, value in (("image", image), ("annotations", document), ("params", params)):
         if value is not None:
-            t = grpcclient.InferInput(name, [1, 1], "BYTES")
+            t = module.InferInput(name, [1, 1], "BYTES")
             t.set_data_from_numpy(np.array([[value]], dtype=object))
             inputs.append(t)
-    return client.infer("ssa_engine", inputs)
+    return module.InferenceServerClient(url).infer("ssa_engine", inputs)
 
 
 def _executions(grpc_client) -> int:
@@ -125,16 +107,16 @@ def test_client_faults_are_invalid_arg_over_grpc_and_http(example_dir, server, g
     before = _executions(grpc_client)
     for name, (img, doc, params, message) in cases.items():
         with pytest.raises(InferenceServerException) as grpc_error:
-            _grpc_infer(server.url, img, doc, params)
+            _infer("grpc", server.url, img, doc, params)
         assert grpc_error.value.status() == "StatusCode.INVALID_ARGUMENT", (name, grpc_error.value)
         assert message in grpc_error.value.message(), (name, grpc_error.value.message())
         with pytest.raises(InferenceServerException) as http_error:
-            _http_infer(f"127.0.0.1:{server.http_port}", img, doc, params)
+            _infer("http", f"127.0.0.1:{server.http_port}", img, doc, params)
         assert http_error.value.status() == "400", (name, http_error.value)
         assert message in http_error.value.message(), (name, http_error.value.message())
         assert "0x" not in grpc_error.value.message()  # no Python object addresses in a reason
     assert _executions(grpc_client) == before, "a compute model ran for a request refused as the client's fault"
-    result = _http_infer(f"127.0.0.1:{server.http_port}", image, document, b'{"top_k": 2}')
+    result = _infer("http", f"127.0.0.1:{server.http_port}", image, document, b'{"top_k": 2}')
     assert result.as_numpy("class_proposals").shape[-1] == 2
 
 

@@ -104,14 +104,6 @@ def test_bad_vocabulary_stops_the_command_before_any_work(vocabulary_file, examp
 
 # ---------------------------------------------------------------- reference == Triton, both modes
 @pytest.fixture(scope="module")
-def server(repositories, tmp_path_factory):
-    from model_repository.server import EmbeddedServer
-
-    with EmbeddedServer(repositories["cpu"], log_path=tmp_path_factory.mktemp("log") / "triton.log") as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
 def torch_models(tiny_profile):
     from ssa.reference import TorchModels
 
