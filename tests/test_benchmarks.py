@@ -93,3 +93,19 @@ def test_device_benchmark_on_the_cpu(tiny_profile, tmp_path, capsys):
     assert engine["peak_gpu_memory_mib"] is None  # no GPU here
     table = (out / "table.md").read_text()
     assert "labels equal, not near-ties" in table and table in capsys.readouterr().out
+
+
+def test_soak_benchmark_smoke(tiny_profile, repositories, tmp_path, capsys):
+    """The soak command for a few seconds: every request answered, the same answer each time,
+    memory sampled, a table and a plot. (The 10-minute figures are the README's, not a test's.)"""
+    from benchmarks.soak import main as soak
+
+    out = tmp_path / "soak"
+    code = soak(["--profile", "tiny", "--models_dir", str(tiny_profile.parent), "--repository",
+                 str(repositories["cpu"]), "--runners", "2", "--minutes", "0.25", "--window", "5", "--out", str(out)])
+    result = json.loads((out / "result.json").read_text())
+    assert code == 0 and result["errors"] == 0 and result["wrong_answers"] == 0 and result["images"] > 0
+    assert result["runners"] == 2 and len(result["memory_mib"]) >= 10 and result["memory_peak_mib"] > 100
+    assert [t for t, _ in result["throughput"]] == [5.0, 10.0, 15.0][: len(result["throughput"])]
+    assert "errors / wrong answers | 0 / 0" in (out / "table.md").read_text()
+    assert (out / "soak.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
