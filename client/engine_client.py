@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import zlib
 
 import numpy as np
 
@@ -11,6 +12,7 @@ from ssa.params import EngineParams, MaskLabel
 from ssa.vocabulary import Vocabulary
 
 MODEL = "ssa_engine"
+SAM_MODEL = "sam_masks"
 
 
 class EngineRequestError(RuntimeError):
@@ -45,7 +47,27 @@ def build_inputs(image_bytes: bytes, document_bytes: bytes, params: EngineParams
     return inputs
 
 
-def _text(v) -> str:
+def sam_inputs(image_bytes: bytes, params: bytes | None = None):
+    """A `sam_masks` request: the image, and SAM's parameters as JSON (optional)."""
+    import tritonclient.grpc as grpcclient
+
+    inputs = []
+    for name, value in (("image", image_bytes), ("params", params)):
+        if value is not None:
+            t = grpcclient.InferInput(name, [1], "BYTES")
+            t.set_data_from_numpy(np.array([value], dtype=object))
+            inputs.append(t)
+    return inputs
+
+
+def image_id(stem: str) -> int:
+    """The image id written into SAM's SA-1B document: the number in an SA-1B stem ("sa_223775"),
+    else a stable hash of the stem."""
+    digits = stem.rsplit("_", 1)[-1]
+    return int(digits) if digits.isdigit() else zlib.crc32(stem.encode("utf-8")) & 0x7FFFFFFF
+
+
+def text_of(v) -> str:
     return v.decode("utf-8") if isinstance(v, bytes) else str(v)
 
 
@@ -58,9 +80,9 @@ def parse_result(result) -> list[MaskLabel]:
     captions = result.as_numpy("caption")[0]
     labels = []
     for i in range(names.shape[0]):
-        props = [_text(p) for p in proposals[i] if _text(p)]
-        labels.append(MaskLabel(_text(names[i]), props, [float(s) for s in scores[i][: len(props)]],
-                                float(votes[i]), _text(captions[i])))
+        props = [text_of(p) for p in proposals[i] if text_of(p)]
+        labels.append(MaskLabel(text_of(names[i]), props, [float(s) for s in scores[i][: len(props)]],
+                                float(votes[i]), text_of(captions[i])))
     return labels
 
 

@@ -24,8 +24,17 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
-from client.engine_client import MODEL, build_inputs, params_bytes, parse_result
-from ssa.dataset import Item, Listing, Shard
+from client.engine_client import (
+    MODEL,
+    SAM_MODEL,
+    build_inputs,
+    image_id,
+    params_bytes,
+    parse_result,
+    sam_inputs,
+    text_of,
+)
+from ssa.dataset import Item, Listing, Shard, TarMember
 from ssa.errors import InputError, read_input
 from ssa.outputs import (
     RunSummary,
@@ -35,8 +44,8 @@ from ssa.outputs import (
     write_failures,
     write_outputs,
 )
-from ssa.params import EngineParams
-from ssa.sa1b import parse_document
+from ssa.params import EngineParams, SamParams
+from ssa.sa1b import parse_document, write_bytes_atomic
 from ssa.vocabulary import Vocabulary
 
 ENGINE_NAME = "triton ssa_engine"
@@ -49,6 +58,7 @@ TRANSIENT_TEXT = ("stub process", "is not healthy", "not ready", "unknown model"
                   "connection reset", "socket closed", "is not found", "unavailable")
 MAX_STRIKES = 3  # transient failures of one image on a server that stays up before the image is failed
 EXIT_FAILURES, EXIT_MISMATCH, EXIT_SERVERS_DOWN = 1, 2, 3
+FAILED, GIVEN_UP = object(), object()  # outcomes of a request other than its result
 
 
 class ServersUnavailable(RuntimeError):
@@ -65,6 +75,8 @@ class RunnerConfig:
     out_dir: Path
     params: EngineParams = field(default_factory=EngineParams)
     vocabulary: Vocabulary | None = None  # the user's class names (merged or only), sent with every request
+    sam_params: SamParams = field(default_factory=SamParams)  # for images without annotations
+    force_sam: bool = False  # SAM's masks even where an annotation file exists
     in_flight: int = 2  # requests kept in flight per server
     shard: Shard = field(default_factory=Shard)
     save_img: bool = False
@@ -108,16 +120,30 @@ def failure_of(item: Item, message: str) -> dict[str, str]:
 @dataclass
 class Payload:
     image: bytes
-    document_bytes: bytes
-    document: dict
+    document_bytes: bytes | None  # None: the masks are to come from SAM
+    document: dict | None
+    source: Path | TarMember | None = None  # the annotation file read
 
 
-def load_payload(item: Item) -> Payload:
-    """The bytes to send and the parsed document (to write back); InputError for a bad file."""
-    annotations = item.annotation_file()
+def generated_path(cfg: RunnerConfig, item: Item) -> Path:
+    """Where SAM's masks of an image without annotations go: `<out_dir>/<stem>.json` (SA-1B)."""
+    return cfg.out_dir / f"{item.stem}.json"
+
+
+def load_payload(item: Item, cfg: RunnerConfig) -> Payload:
+    """The bytes to send and the parsed document (to write back); InputError for a bad file. An
+    image without annotations (or every image with `force_sam`) gets SAM's masks: those of an
+    earlier run when `<out_dir>/<stem>.json` exists, else none yet (document None)."""
     image = read_input(item.image, "image")
+    if item.annotations is None or cfg.force_sam:
+        generated = generated_path(cfg, item)
+        if cfg.overwrite or not generated.is_file():
+            return Payload(image, None, None)
+        annotations = generated
+    else:
+        annotations = item.annotations
     text = read_input(annotations, "annotation file")
-    return Payload(image, text, parse_document(text, annotations))
+    return Payload(image, text, parse_document(text, annotations), annotations)
 
 
 def write_result(cfg: RunnerConfig, prov: dict, item: Item, payload: Payload, labels) -> None:
@@ -144,6 +170,7 @@ class Server:
         self.down_since: float | None = None
         self.delay = 0.5
         self.given_up = False
+        self.has_sam = False  # serves sam_masks (masks for images without annotations)
 
     def up(self) -> None:
         self.down_since, self.delay = None, 0.5
@@ -194,6 +221,10 @@ class Server:
             raise ServerMismatch(f"server {self.url}: {MODEL} takes {got_in} and gives {got_out}; this client "
                                  f"sends {EXPECTED_INPUTS} and reads {EXPECTED_OUTPUTS}. Regenerate the model "
                                  f"repository with this version of ssa-triton.")
+        try:
+            self.has_sam = bool(await self.client.is_model_ready(SAM_MODEL))
+        except Exception:  # not in this repository
+            self.has_sam = False
         config = (await self.client.get_model_config(MODEL, as_json=True))["config"]
         params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
         profile = json.loads(params["profile_json"]) if params.get("profile_json") else {"profile": params.get("profile")}
@@ -216,6 +247,7 @@ class Run:
         self.start = time.perf_counter()
         self.prov: dict = {}
         self.params = params_bytes(cfg.params, cfg.vocabulary)  # encoded once (a vocabulary can be large)
+        self.sam_params = json.dumps(cfg.sam_params.to_dict()).encode()
 
     def fail(self, entry: dict[str, str]) -> None:
         self.summary.failures.append(entry)
@@ -297,27 +329,20 @@ class Run:
             if not kept:
                 return
 
-    async def process(self, server: Server, item: Item) -> bool:
-        """Send one item and write its outputs, or record its failure; False when `server` was given
-        up (the item is handed back for another server)."""
-        cfg = self.cfg
-        try:
-            payload = await asyncio.to_thread(load_payload, item)
-        except InputError as exc:
-            self.fail({"file": str(exc.source or item.image), "reason": exc.problem})
-            return True
-        inputs = build_inputs(payload.image, payload.document_bytes, encoded_params=self.params)
+    async def request(self, server: Server, item: Item, model: str, inputs) -> object:
+        """`model`'s result for `item`, retried while the server is down or restarting; FAILED when
+        the item failed (recorded), GIVEN_UP when the server was given up (the item handed back)."""
         strikes = 0
         while True:
             try:
-                result = await server.client.infer(MODEL, inputs, client_timeout=cfg.request_timeout)
+                result = await server.client.infer(model, inputs, client_timeout=self.cfg.request_timeout)
                 server.up()
-                break
+                return result
             except Exception as exc:
                 message = error_text(exc)
                 if not is_transient(exc):
                     self.fail(failure_of(item, message))
-                    return True
+                    return FAILED
                 # a server that is up yet fails on this image again and again (e.g. a model
                 # process killed by it) must not stop the run: the image is recorded as failed
                 if await server.ready_now():
@@ -325,15 +350,53 @@ class Run:
                     if strikes >= MAX_STRIKES:
                         self.fail({"file": str(item.image), "reason": f"the server failed {strikes} times on "
                                    f"this image while staying up: {message.splitlines()[0]}"})
-                        return True
+                        return FAILED
                 if not await server.wait_after_failure(message.splitlines()[0]):
                     self.returned.append(item)
-                    return False
+                    return GIVEN_UP
+
+    async def sam_masks(self, server: Server, item: Item, payload: Payload) -> object:
+        """Ask `sam_masks` for the image's masks and write them as `<out_dir>/<stem>.json`."""
+        if not server.has_sam:
+            self.fail({"file": str(item.image), "reason": "no annotation file (<stem>.json) beside the image, and "
+                       f"server {server.url} has no sam_masks model to make masks (export a profile that "
+                       "includes SAM and regenerate the repository)"})
+            return FAILED
+        result = await self.request(server, item, SAM_MODEL, sam_inputs(payload.image, self.sam_params))
+        if result is FAILED or result is GIVEN_UP:
+            return result
+        document = json.loads(text_of(result.as_numpy("annotations").reshape(-1)[0]))
+        document["image"].update(file_name=PurePosixPath(str(item.image)).name, image_id=image_id(item.stem))
+        text = json.dumps(document).encode("utf-8")
+        await asyncio.to_thread(write_bytes_atomic, generated_path(self.cfg, item), text)
+        payload.document, payload.document_bytes = document, text
+        return result
+
+    async def process(self, server: Server, item: Item) -> bool:
+        """Send one item and write its outputs, or record its failure; False when `server` was given
+        up (the item is handed back for another server)."""
+        cfg = self.cfg
+        try:
+            payload = await asyncio.to_thread(load_payload, item, cfg)
+        except InputError as exc:
+            self.fail({"file": str(exc.source or item.image), "reason": exc.problem})
+            return True
+        if payload.document is None:
+            made = await self.sam_masks(server, item, payload)
+            if made is FAILED or made is GIVEN_UP:
+                return made is FAILED
+        inputs = build_inputs(payload.image, payload.document_bytes, encoded_params=self.params)
+        result = await self.request(server, item, MODEL, inputs)
+        if result is FAILED or result is GIVEN_UP:
+            return result is FAILED
         try:
             labels = parse_result(result)
             await asyncio.to_thread(write_result, cfg, self.prov, item, payload, labels)
-        except (InputError, ValueError) as exc:
-            self.fail({"file": str(getattr(exc, "source", None) or item.image), "reason": str(exc)})
+        except InputError as exc:
+            self.fail({"file": str(exc.source or item.image), "reason": exc.problem})
+            return True
+        except ValueError as exc:
+            self.fail({"file": str(item.image), "reason": str(exc)})
             return True
         self.done(len(labels))
         return True

@@ -76,6 +76,29 @@ def export_model(spec: ModelSpec, model, path: Path) -> None:
         torch.onnx.export(module, args, str(path), input_names=[t.name for t in spec.inputs(model)],
                           output_names=[t.name for t in spec.outputs(model)], dynamic_axes=_dynamic_axes(spec, model),
                           dynamo=False, opset_version=17)
+    if spec.external_data:
+        _to_one_data_file(path)
+
+
+def _to_one_data_file(path: Path) -> None:
+    """Rewrite `path` with every weight in one `<name>.data` file beside it (a model over 2 GB is
+    written by the exporter as one file per weight; this form is what ONNX Runtime, Triton and
+    TensorRT read)."""
+    import onnx
+    from onnx.external_data_helper import load_external_data_for_model
+
+    model = onnx.load(str(path), load_external_data=False)
+    folder = path.parent
+    stale = {folder / e.value for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
+             for e in t.external_data if e.key == "location"}
+    load_external_data_for_model(model, str(folder))
+    data = path.with_name(path.name + ".data")
+    data.unlink(missing_ok=True)
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=data.name, size_threshold=1024)
+    for f in stale:
+        if f != data:
+            f.unlink(missing_ok=True)
 
 
 def check_model(spec: ModelSpec, model, path: Path, threads: int = 2) -> dict[str, dict[str, float]]:
@@ -132,9 +155,11 @@ def export_profile(profile_dir: str | Path, out_dir: str | Path, names: list[str
         export_model(spec, model, path)
         exported = time.perf_counter() - start
         diffs = check_model(spec, model, path)
-        log(summary_line(name, path.stat().st_size, diffs, exported))
+        size = path.stat().st_size + (path.with_name(path.name + ".data").stat().st_size if spec.external_data else 0)
+        log(summary_line(name, size, diffs, exported))
         manifest["models"][name] = {
             "file": path.name,
+            "data_file": path.name + ".data" if spec.external_data else None,
             "inputs": [{"name": t.name, "dtype": t.dtype, "dims": list(t.dims)} for t in spec.inputs(model)],
             "outputs": [{"name": t.name, "dtype": t.dtype, "dims": list(t.dims)} for t in spec.outputs(model)],
             "check": {"outputs": diffs, "atol": spec.atol, "rtol": spec.rtol},

@@ -37,6 +37,7 @@ class ModelSpec:
     atol: float  # |onnx - torch| <= atol + rtol * max|torch|, per output
     rtol: float = 1e-4
     patch_oneformer: bool = False
+    external_data: bool = False  # weights beside the graph (`<name>.onnx.data`): ONNX files stop at 2 GB
 
 
 def _cfg(model):
@@ -203,8 +204,44 @@ BLIP_TEXT_STEP = ModelSpec(
     example=_step_example, atol=1e-3)
 
 
+# ---------------------------------------------------------------- SAM (the mask generator)
+SAM_SIDE, SAM_EMBED_SIDE, SAM_LOW_RES = 1024, 64, 256
+
+
+def _sam_channels(m):
+    return _cfg(m).vision_config.output_channels
+
+
+def _sam_encoder_example(model, batch, variant):
+    g = torch.Generator().manual_seed(variant)
+    return (torch.randn(1, 3, SAM_SIDE, SAM_SIDE, generator=g),)
+
+
+def _sam_decoder_example(model, batch, variant):
+    g = torch.Generator().manual_seed(variant)
+    points = 3 * batch + variant  # the prompt axis differs between export and check
+    return (torch.randn(1, _sam_channels(model), SAM_EMBED_SIDE, SAM_EMBED_SIDE, generator=g),
+            torch.rand(points, 2, generator=g) * SAM_SIDE)
+
+
+# No Triton batch axis: one image per call, and the decoder's prompt axis is its own ("points").
+SAM_ENCODER = ModelSpec(
+    name="sam_encoder", role="sam", wrapper=wrappers.SamImageEncoder,
+    inputs=lambda m: [Tensor("pixel_values", "FP32", (1, 3, SAM_SIDE, SAM_SIDE))],
+    outputs=lambda m: [Tensor("image_embeddings", "FP32", (1, _sam_channels(m), SAM_EMBED_SIDE, SAM_EMBED_SIDE))],
+    example=_sam_encoder_example, atol=1e-3, external_data=True)
+
+SAM_DECODER = ModelSpec(
+    name="sam_decoder", role="sam", wrapper=wrappers.SamPointDecoder,
+    inputs=lambda m: [Tensor("image_embeddings", "FP32", (1, _sam_channels(m), SAM_EMBED_SIDE, SAM_EMBED_SIDE)),
+                      Tensor("points", "FP32", ("points", 2))],
+    outputs=lambda m: [Tensor("iou_scores", "FP32", ("points", 3)),
+                       Tensor("low_res_masks", "FP32", ("points", 3, SAM_LOW_RES, SAM_LOW_RES))],
+    example=_sam_decoder_example, atol=1e-3)
+
+
 SPECS: dict[str, ModelSpec] = {s.name: s for s in [
     _oneformer("oneformer_coco", "oneformer_coco"), _oneformer("oneformer_ade20k", "oneformer_ade20k"),
     BLIP_VISION, BLIP_TEXT_PREFILL, BLIP_TEXT_STEP, CLIP_IMAGE, CLIP_TEXT,
-    CLIPSEG_VISUAL, CLIPSEG_TEXT, CLIPSEG_DECODER,
+    CLIPSEG_VISUAL, CLIPSEG_TEXT, CLIPSEG_DECODER, SAM_ENCODER, SAM_DECODER,
 ]}

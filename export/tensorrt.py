@@ -23,13 +23,14 @@ import numpy as np
 
 # the compute models that become engines (the BLIP text graphs stay in blip_caption, ONNX Runtime)
 ENGINE_MODELS = ("oneformer_coco", "oneformer_ade20k", "blip_vision", "clip_image", "clip_text",
-                 "clipseg_visual", "clipseg_text", "clipseg_decoder")
+                 "clipseg_visual", "clipseg_text", "clipseg_decoder", "sam_encoder", "sam_decoder")
 # (min, opt, max) of every named dynamic axis other than the batch, per model
 AXIS_RANGES = {
     # OneFormer processors: COCO shortest edge 800 / longest at most 1333; ADE20K 512 / 2048
     "oneformer_coco": {"height": (256, 800, 1344), "width": (256, 1088, 1344)},
     "oneformer_ade20k": {"height": (256, 512, 2048), "width": (256, 683, 2048)},
     "clipseg_decoder": {"prompts": (1, 3, 16)},  # proposals per crop (top_k)
+    "sam_decoder": {"points": (1, 1024, 1024)},  # point prompts per request (sam_masks sends up to 1024)
 }
 FP16_ATOL, FP16_RTOL = 1e-2, 2e-2  # |trt - ort| <= atol + rtol * max|ort|, per output
 
@@ -184,6 +185,9 @@ def build_all(export_dir: Path, models: list[str], rows_per_request: int = 32, m
     max_batch = max_batch or {}
     report = {}
     for name in models:
+        if name not in manifest["models"]:
+            log(f"{name}: not in this export, skipped")
+            continue
         spec = manifest["models"][name]
         batch = max_batch.get(name, MAX_BATCH.get(name, DEFAULT_MAX_BATCH))
         profile = optimization_profile(name, spec["inputs"], batch, rows_per_request)

@@ -17,14 +17,20 @@ import shutil
 from pathlib import Path
 
 from ssa import __version__
-from ssa.params import EngineParams
+from ssa.params import EngineParams, SamParams
 
 MODELS_SRC = Path(__file__).parent / "models"
 TARGETS = ("cpu", "gpu")
 # compute models served from one ONNX file each (the BLIP text graphs belong to blip_caption)
 COMPUTE = ("oneformer_coco", "oneformer_ade20k", "blip_vision", "clip_image", "clip_text",
            "clipseg_visual", "clipseg_text", "clipseg_decoder")
-MAX_BATCH = {"oneformer_coco": 2, "oneformer_ade20k": 2}
+# SAM ("SSA + SAM"), served when the export has it: one image per encoder call, every point prompt
+# of an image in few decoder calls (no Triton batch axis: the prompt axis is the decoder's own)
+SAM_COMPUTE = ("sam_encoder", "sam_decoder")
+MAX_BATCH = {"oneformer_coco": 2, "oneformer_ade20k": 2, "sam_encoder": 0, "sam_decoder": 0}
+# points per sam_decoder request from sam_masks: on a GPU a whole 32 x 32 grid at once (the lever);
+# on the CPU 64 (what segment-anything decodes at a time; 50 MB of mask logits per request)
+SAM_POINTS_PER_REQUEST = {"cpu": 64, "gpu": 1024}
 DEFAULT_MAX_BATCH = 32
 # rows per sub-model request from ssa_engine: on CPU, batches beyond 8 crops gain nothing and cost
 # gigabytes (CLIPSeg's ViT-B/16 at 512 px holds 32 x 12 x 1025^2 attention weights per layer)
@@ -94,6 +100,10 @@ ENGINE_OUTPUTS = [{"name": "class_name", "dtype": "STRING", "dims": ["batch", "m
                   {"name": "caption", "dtype": "STRING", "dims": ["batch", "masks"]}]
 
 
+SAM_INPUTS = [{"name": "image", "dtype": "STRING", "dims": [1]}, {"name": "params", "dtype": "STRING", "dims": [1]}]
+SAM_OUTPUTS = [{"name": "annotations", "dtype": "STRING", "dims": [1]}]
+
+
 def _link_or_copy(src: Path, dst: Path) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -104,7 +114,7 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 def generate_repository(export_dir: str | Path, profile_dir: str | Path, out_dir: str | Path, target: str = "cpu",
                         threads: int = 2, engine_instances: int = 0, params: EngineParams = EngineParams(),
-                        overlap: bool | None = None) -> Path:
+                        overlap: bool | None = None, sam_params: SamParams = SamParams()) -> Path:
     """Write the repository to `out_dir` (replacing it); returns out_dir. engine_instances 0 and
     overlap None take the target's defaults (ENGINE_INSTANCES, OVERLAP)."""
     if target not in TARGETS:
@@ -123,10 +133,13 @@ def generate_repository(export_dir: str | Path, profile_dir: str | Path, out_dir
     cpu = "KIND_CPU"
     gpu = "KIND_GPU" if target == "gpu" else cpu
 
-    for name in COMPUTE:
+    sam = all(m in manifest["models"] for m in SAM_COMPUTE)
+    for name in COMPUTE + (SAM_COMPUTE if sam else ()):
         spec = manifest["models"][name]
         version = out_dir / name / "1"
         plan = export_dir / f"{name}.plan"
+        if spec.get("data_file") and not (target == "gpu" and plan.exists()):  # weights beside the graph
+            _link_or_copy(export_dir / spec["data_file"], version / spec["data_file"])
         if target == "gpu" and plan.exists():
             backend, extra = 'platform: "tensorrt_plan"', ""
             _link_or_copy(plan, version / "model.plan")
@@ -178,5 +191,14 @@ def generate_repository(export_dir: str | Path, profile_dir: str | Path, out_dir
                 "profile": manifest["profile"].get("profile", ""),
                 "profile_json": json.dumps(manifest["profile"], sort_keys=True).replace('"', '\\"'),
                 "package_version": __version__}))
+    if sam:
+        version = out_dir / "sam_masks" / "1"
+        version.mkdir(parents=True)
+        shutil.copy2(MODELS_SRC / "sam_masks" / "model.py", version / "model.py")
+        (out_dir / "sam_masks" / "config.pbtxt").write_text(model_config(
+            "sam_masks", SAM_INPUTS, SAM_OUTPUTS, 0, 'backend: "python"', gpu, optional=("params",),
+            params={"device": "cuda" if target == "gpu" else "cpu", **device_tensors,
+                    "points_per_request": str(SAM_POINTS_PER_REQUEST[target]),
+                    "sam_params": json.dumps(sam_params.to_dict()).replace('"', '\\"')}))
     (out_dir / "manifest.json").write_text(json.dumps({"target": target, "export": manifest}, indent=2) + "\n")
     return out_dir

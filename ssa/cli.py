@@ -52,6 +52,24 @@ def vocabulary_from(args: argparse.Namespace):
     return Vocabulary.read(args.vocabulary, only=args.vocabulary_only)
 
 
+def sam_params_from(pairs: list[str]):
+    """SamParams from KEY=VALUE options (segment-anything's names); ValueError naming the bad one."""
+    import json
+
+    from ssa.params import SamParams
+
+    values = {}
+    for pair in pairs:
+        key, eq, raw = pair.partition("=")
+        if not eq:
+            raise ValueError(f"--sam {pair!r}: expected KEY=VALUE, e.g. points_per_side=16")
+        try:
+            values[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            raise ValueError(f"--sam {pair!r}: {raw!r} is not a number") from None
+    return SamParams.from_dict(values)
+
+
 def params_from(args: argparse.Namespace) -> EngineParams:
     return EngineParams(top_k=args.top_k, scale_small=args.scale_small, scale_large=args.scale_large,
                         scale_huge=args.scale_huge, caption_max_length=args.caption_max_length)
@@ -81,9 +99,9 @@ def profile_dir(args: argparse.Namespace) -> Path:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from ssa.profiles import ROLES, build_profile
+    from ssa.profiles import ALL_ROLES, build_profile
 
-    roles = tuple(args.roles.split(",")) if args.roles else ROLES
+    roles = tuple(args.roles.split(",")) if args.roles else ALL_ROLES
     build_profile(args.profile, args.models_dir / args.profile, snapshot_dir=args.snapshot_dir, roles=roles,
                   seed=args.seed)
     print(f"profile {args.profile} written to {args.models_dir / args.profile}")
@@ -150,7 +168,8 @@ def cmd_annotate(args: argparse.Namespace) -> int:
     if args.in_flight < 1:
         raise ValueError("--in_flight must be at least 1")
     cfg = RunnerConfig(urls=args.url or ["127.0.0.1:8001"], out_dir=args.out_dir, params=params_from(args),
-                       vocabulary=vocabulary_from(args),
+                       vocabulary=vocabulary_from(args), sam_params=sam_params_from(args.sam),
+                       force_sam=args.force_sam,
                        in_flight=args.in_flight, shard=Shard.parse(args.shard), save_img=args.save_img,
                        overwrite=args.overwrite, retry_limit=args.retry_limit, request_timeout=args.timeout)
     with contextlib.ExitStack() as stack:
@@ -234,10 +253,13 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n"
                "  ssa annotate --embedded artifacts/repository/tiny-cpu --data artifacts/examples --out_dir out\n"
                "  ssa annotate --url node1:8001 --url node2:8001 --data /data/sa1b/sa_000000.tar --out_dir out\n"
-               "  ssa annotate --url localhost:8001 --shard 3/8 --data /data/sa1b --out_dir /out")
+               "  ssa annotate --url localhost:8001 --shard 3/8 --data /data/sa1b --out_dir /out\n"
+               "  ssa annotate --embedded artifacts/repository/tiny-cpu --data my_photos/ --out_dir out --save_img"
+               "   # SSA + SAM")
     p.add_argument("--data", "--data_dir", dest="data", type=Path, nargs="+", required=True, metavar="PATH",
                    help="folders of <stem>.jpg + <stem>.json (and/or SA-1B .tar shards, read in place), .tar "
-                        "shards, or list files (one image path per line, or image<TAB>json)")
+                        "shards, or list files (one image path per line, or image<TAB>json). An image without "
+                        "a <stem>.json gets SAM's masks from the server first (SSA + SAM)")
     p.add_argument("--out_dir", type=Path, required=True, help="output folder")
     p.add_argument("--url", action="append", default=[], metavar="HOST:PORT",
                    help="gRPC address of a tritonserver; repeat for several (default 127.0.0.1:8001)")
@@ -257,6 +279,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: none)")
     p.add_argument("--save_img", action="store_true", help="also write <stem>_semantic.png, masks with class names")
     p.add_argument("--overwrite", action="store_true", help="redo images whose output exists")
+    p.add_argument("--force_sam", action="store_true",
+                   help="SSA + SAM: take SAM's masks (the server's sam_masks model) for every image, even where a "
+                        "<stem>.json exists; images without one always get SAM's masks. The masks are written "
+                        "to <out_dir>/<stem>.json (SA-1B form) before the labels")
+    p.add_argument("--sam", action="append", default=[], metavar="KEY=VALUE",
+                   help="a parameter of SAM's automatic mask generator (segment-anything's names and defaults: "
+                        "points_per_side=32, pred_iou_thresh=0.88, stability_score_thresh=0.95, "
+                        "stability_score_offset=1.0, box_nms_thresh=0.7, crop_n_layers=0, crop_nms_thresh=0.7, "
+                        "crop_overlap_ratio=0.3413, crop_n_points_downscale_factor=1, min_mask_region_area=0); "
+                        "repeat for several")
     p.add_argument("--summary", type=Path, default=None, metavar="FILE",
                    help="also write the run's summary (counts, seconds, images/s, masks/s) as JSON to FILE")
     add_params(p)

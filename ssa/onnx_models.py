@@ -92,5 +92,22 @@ def onnx_models(export_dir: str | Path, processors: Processors, threads: int = 2
     manifest = json.loads((export_dir / "manifest.json").read_text())
     provider = "cuda" if device.type == "cuda" else "cpu"
     fns = {name: session_function(ort_session(export_dir / m["file"], threads, provider))
-           for name, m in manifest["models"].items()}
+           for name, m in manifest["models"].items() if not name.startswith("sam_")}
     return GraphModels(fns, manifest["metadata"], processors, device)
+
+
+def onnx_sam(export_dir: str | Path, threads: int = 2, device: str | torch.device = "cpu"):
+    """`ssa.sam.SamModels` over the export folder's SAM encoder and decoder."""
+    import torch
+
+    from ssa.sam_models import GraphSam
+
+    export_dir, device = Path(export_dir), torch.device(device)
+    manifest = json.loads((export_dir / "manifest.json").read_text())
+    provider = "cuda" if device.type == "cuda" else "cpu"
+    missing = [n for n in ("sam_encoder", "sam_decoder") if n not in manifest["models"]]
+    if missing:
+        raise FileNotFoundError(f"{export_dir}: no export of {missing}; run `python -m export` first")
+    fns = {n: session_function(ort_session(export_dir / manifest["models"][n]["file"], threads, provider))
+           for n in ("sam_encoder", "sam_decoder")}
+    return GraphSam(fns, device)

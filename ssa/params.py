@@ -61,6 +61,63 @@ class EngineParams:
         return asdict(self)
 
 
+SAM_BOUNDS: dict[str, tuple[float, float]] = {
+    "points_per_side": (1, 128),
+    "points_per_batch": (1, 16384),
+    "pred_iou_thresh": (0.0, 1.0),
+    "stability_score_thresh": (0.0, 1.0),
+    "stability_score_offset": (0.0, 10.0),
+    "box_nms_thresh": (0.0, 1.0),
+    "crop_n_layers": (0, 3),
+    "crop_nms_thresh": (0.0, 1.0),
+    "crop_overlap_ratio": (0.0, 0.99),
+    "crop_n_points_downscale_factor": (1, 8),
+    "min_mask_region_area": (0, 1 << 24),
+    "mask_threshold": (-10.0, 10.0),
+}
+
+
+@dataclass(frozen=True)
+class SamParams:
+    """SAM's automatic mask generator's parameters: segment-anything's SamAutomaticMaskGenerator
+    names and defaults (ssa.sam)."""
+
+    points_per_side: int = 32
+    points_per_batch: int = 64  # points decoded per model call (the reference; Triton sends all of a crop)
+    pred_iou_thresh: float = 0.88
+    stability_score_thresh: float = 0.95
+    stability_score_offset: float = 1.0
+    box_nms_thresh: float = 0.7
+    crop_n_layers: int = 0
+    crop_nms_thresh: float = 0.7
+    crop_overlap_ratio: float = 512 / 1500
+    crop_n_points_downscale_factor: int = 1
+    min_mask_region_area: int = 0
+    mask_threshold: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name, (low, high) in SAM_BOUNDS.items():
+            value = getattr(self, name)
+            kind = int if isinstance(getattr(SamParams, name), int) else float
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
+                raise ValueError(f"{name} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
+            if not low <= value <= high:
+                raise ValueError(f"{name} must be between {low} and {high}, got {value}")
+
+    @classmethod
+    def from_dict(cls, values: object, base: SamParams | None = None) -> SamParams:
+        if not isinstance(values, dict):
+            raise ValueError(f"sam params must be a JSON object, got {type(values).__name__}")
+        unknown = sorted(set(values) - set(SAM_BOUNDS))
+        if unknown:
+            raise ValueError(f"unknown SAM parameter(s) {', '.join(map(str, unknown))}; known: "
+                             f"{', '.join(sorted(SAM_BOUNDS))}")
+        return cls(**{**(base or cls()).to_dict(), **values})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
 @dataclass
 class MaskLabel:
     """The engine's answer for one mask."""

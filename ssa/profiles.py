@@ -25,7 +25,9 @@ from typing import Any
 from ssa import __version__
 from ssa.labels import raw_class_names
 
-ROLES = ("oneformer_coco", "oneformer_ade20k", "blip", "clip", "clipseg")
+ROLES = ("oneformer_coco", "oneformer_ade20k", "blip", "clip", "clipseg")  # the labelling models
+SAM = "sam"  # the mask generator ("SSA + SAM"): built with the others, loaded only when masks are made
+ALL_ROLES = (*ROLES, SAM)
 PROFILES = ("tiny", "bench", "light", "full")
 
 HUB_IDS: dict[str, dict[str, str]] = {
@@ -35,6 +37,8 @@ HUB_IDS: dict[str, dict[str, str]] = {
         "blip": "Salesforce/blip-image-captioning-base",
         "clip": "openai/clip-vit-base-patch32",
         "clipseg": "CIDAS/clipseg-rd16",
+        # the smallest SAM: the light mode trades mask quality for speed, as its other models do
+        "sam": "facebook/sam-vit-base",
     },
     "full": {
         "oneformer_coco": "shi-labs/oneformer_coco_swin_large",
@@ -42,10 +46,13 @@ HUB_IDS: dict[str, dict[str, str]] = {
         "blip": "Salesforce/blip-image-captioning-large",
         "clip": "openai/clip-vit-large-patch14",
         "clipseg": "CIDAS/clipseg-rd64-refined",
+        # ViT-H: the SAM the published engine ran (sam_vit_h_4b8939)
+        "sam": "facebook/sam-vit-huge",
     },
 }
-# The random profiles stand in for light mode: their `model_id` says which checkpoint they mimic.
-HUB_IDS["bench"] = HUB_IDS["light"]
+# The random profiles stand in for light mode: their `model_id` says which checkpoint they mimic;
+# bench's SAM is ViT-H at real size, the published engine's, so SAM's cost is measured as it ran.
+HUB_IDS["bench"] = {**HUB_IDS["light"], "sam": HUB_IDS["full"]["sam"]}
 HUB_IDS["tiny"] = HUB_IDS["light"]
 
 DATASET_OF = {"oneformer_coco": "coco", "oneformer_ade20k": "ade20k"}
@@ -158,6 +165,25 @@ def _clipseg(size: str, clip_tokenizer):
     return config, CLIPSegProcessor(image_processor=image_processor, tokenizer=clip_tokenizer)
 
 
+def _sam(size: str):
+    from transformers import SamConfig, SamImageProcessor, SamProcessor
+
+    if size == "tiny":
+        # large initial weights (the defaults give logits and IoUs of about 1e-4): masks with
+        # structure, predicted IoUs and stability scores on both sides of the default thresholds
+        config = SamConfig(
+            vision_config=dict(hidden_size=32, output_channels=32, num_hidden_layers=2, num_attention_heads=2,
+                               global_attn_indexes=[1], window_size=8, num_pos_feats=16, mlp_dim=64,
+                               initializer_range=0.5),
+            prompt_encoder_config=dict(hidden_size=32, mask_input_channels=4),
+            mask_decoder_config=dict(hidden_size=32, mlp_dim=64, num_attention_heads=2, iou_head_hidden_dim=32),
+            initializer_range=0.5)
+    else:  # facebook/sam-vit-huge: ViT-H/16 at 1024, 32 layers, global attention every 8th
+        config = SamConfig(vision_config=dict(hidden_size=1280, num_hidden_layers=32, num_attention_heads=16,
+                                              global_attn_indexes=[7, 15, 23, 31]))
+    return config, SamProcessor(image_processor=SamImageProcessor())
+
+
 def build_random_role(role: str, size: str, clip_tokenizer, seed: int = 0):
     """(model, processor) for one role with seeded random weights; size is "tiny" or "bench"."""
     import torch
@@ -168,7 +194,7 @@ def build_random_role(role: str, size: str, clip_tokenizer, seed: int = 0):
         OneFormerForUniversalSegmentation,
     )
 
-    torch.manual_seed(seed + ROLES.index(role))
+    torch.manual_seed(seed + ALL_ROLES.index(role))
     if role.startswith("oneformer"):
         config = _oneformer_config(role, size)
         model = OneFormerForUniversalSegmentation(config)
@@ -182,8 +208,18 @@ def build_random_role(role: str, size: str, clip_tokenizer, seed: int = 0):
     elif role == "clipseg":
         config, processor = _clipseg(size, clip_tokenizer)
         model = CLIPSegForImageSegmentation(config)
+    elif role == SAM:
+        from transformers import SamModel
+
+        config, processor = _sam(size)
+        model = SamModel(config)
+        if size == "tiny":  # sharper masks: stability scores on both sides of the default threshold
+            with torch.no_grad():
+                for mlp in model.mask_decoder.output_hypernetworks_mlps:
+                    mlp.proj_out.weight.mul_(10.0)
+                    mlp.proj_out.bias.mul_(10.0)
     else:
-        raise ValueError(f"unknown role {role!r}; roles are {', '.join(ROLES)}")
+        raise ValueError(f"unknown role {role!r}; roles are {', '.join(ALL_ROLES)}")
     return model.eval(), processor
 
 
@@ -194,12 +230,14 @@ def model_class(role: str):
         CLIPModel,
         CLIPSegForImageSegmentation,
         OneFormerForUniversalSegmentation,
+        SamModel,
     )
 
     classes = {"oneformer_coco": OneFormerForUniversalSegmentation, "oneformer_ade20k": OneFormerForUniversalSegmentation,
-               "blip": BlipForConditionalGeneration, "clip": CLIPModel, "clipseg": CLIPSegForImageSegmentation}
+               "blip": BlipForConditionalGeneration, "clip": CLIPModel, "clipseg": CLIPSegForImageSegmentation,
+               SAM: SamModel}
     if role not in classes:
-        raise ValueError(f"unknown role {role!r}; roles are {', '.join(ROLES)}")
+        raise ValueError(f"unknown role {role!r}; roles are {', '.join(ALL_ROLES)}")
     return classes[role]
 
 
@@ -216,7 +254,7 @@ def _download_role(role: str, source: str):
 
 
 def build_profile(profile: str, out_dir: str | Path, snapshot_dir: str | Path | None = None,
-                  roles: tuple[str, ...] = ROLES, seed: int = 0, log: Callable[[str], None] = print) -> Path:
+                  roles: tuple[str, ...] = ALL_ROLES, seed: int = 0, log: Callable[[str], None] = print) -> Path:
     """Write profile `profile` to `out_dir` (one folder per role + profile.json); return out_dir.
 
     For light/full, each role comes from `snapshot_dir/<hub id>` when that folder exists, else from

@@ -172,3 +172,31 @@ class BlipTextStep(nn.Module):
         for i in range(n):
             res += [c.self_attention_cache.layers[i].keys, c.self_attention_cache.layers[i].values]
         return tuple(res)
+
+
+class SamImageEncoder(nn.Module):
+    """pixel_values (1, 3, 1024, 1024) -> image_embeddings (1, C, 64, 64): SAM's ViT and neck."""
+
+    def __init__(self, sam):
+        super().__init__()
+        self.sam = sam
+
+    def forward(self, pixel_values):
+        return self.sam.get_image_embeddings(pixel_values)
+
+
+class SamPointDecoder(nn.Module):
+    """(image_embeddings (1, C, 64, 64), points (P, 2) in the 1024 frame) -> iou_scores (P, 3),
+    low_res_masks (P, 3, 256, 256): SAM's prompt encoder and mask decoder, one foreground point
+    per prompt, three masks each (multimask output), every prompt of an image in one call."""
+
+    def __init__(self, sam):
+        super().__init__()
+        self.sam = sam
+
+    def forward(self, image_embeddings, points):
+        points = points[None, :, None, :]
+        labels = torch.ones_like(points[..., 0], dtype=torch.long)
+        out = self.sam(image_embeddings=image_embeddings, input_points=points, input_labels=labels,
+                       multimask_output=True)
+        return out.iou_scores[0], out.pred_masks[0]

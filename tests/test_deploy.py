@@ -17,7 +17,13 @@ import yaml
 
 from export.tensorrt import ENGINE_MODELS, optimization_profile
 from export.tensorrt import main as tensorrt_main
-from model_repository.generate import DEFAULT_MAX_BATCH, MAX_BATCH, ROWS_PER_REQUEST, generate_repository
+from model_repository.generate import (
+    DEFAULT_MAX_BATCH,
+    MAX_BATCH,
+    ROWS_PER_REQUEST,
+    SAM_POINTS_PER_REQUEST,
+    generate_repository,
+)
 from ssa.cli import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -99,6 +105,13 @@ def test_gpu_target_serves_tensorrt_plans_where_built(tiny_profile, tiny_export,
                for p in repo.glob("*/config.pbtxt")}
     assert configs["clip_image"].platform == "tensorrt_plan" and (repo / "clip_image/1/model.plan").is_file()
     assert configs["clip_text"].platform == "onnxruntime_onnx"
+    # SAM: the encoder's weights travel beside its graph; no Triton batch axis on either graph
+    encoder = json.loads((export / "manifest.json").read_text())["models"]["sam_encoder"]
+    assert (repo / "sam_encoder/1" / encoder["data_file"]).is_file()
+    assert configs["sam_encoder"].max_batch_size == 0 and configs["sam_decoder"].max_batch_size == 0
+    assert list(configs["sam_decoder"].input[1].dims) == [-1, 2]
+    sam = configs["sam_masks"]
+    assert sam.parameters["points_per_request"].string_value == str(SAM_POINTS_PER_REQUEST["gpu"])
     blip = configs["blip_caption"]
     assert blip.parameters["execution_provider"].string_value == "cuda"
     assert blip.instance_group[0].kind == blip.instance_group[0].KIND_GPU
@@ -116,9 +129,12 @@ def test_tensorrt_profiles_cover_every_request(tiny_export):
         assert [p.name for p in profile] == [t["name"] for t in spec["inputs"]]
         for p, t in zip(profile, spec["inputs"]):
             assert all(a <= b <= c for a, b, c in zip(p.min, p.opt, p.max)), (name, p)
-            assert p.min[0] == 1 and p.max[0] == max_batch  # every batch ssa_engine sends
+            if max_batch:
+                assert p.min[0] == 1 and p.max[0] == max_batch  # every batch ssa_engine sends
             fixed = [i for i, d in enumerate(t["dims"]) if isinstance(d, int)]
             assert all(p.min[i] == p.max[i] == t["dims"][i] for i in fixed)
+    points = optimization_profile("sam_decoder", manifest["models"]["sam_decoder"]["inputs"], 0, 1)[1]
+    assert points.min[0] == 1 and points.max[0] >= SAM_POINTS_PER_REQUEST["gpu"]  # every request sam_masks sends
     coco = optimization_profile("oneformer_coco", manifest["models"]["oneformer_coco"]["inputs"], 2, 1)
     assert coco[0].max[2] >= 1333 and coco[0].min[2] <= 512  # any COCO-processor image size
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from ssa.profiles import ROLES, build_random_role
+from ssa.profiles import ALL_ROLES, HUB_IDS, build_random_role
 from ssa.tokenizers_offline import build_blip_tokenizer, build_clip_tokenizer
 
 
@@ -25,18 +25,24 @@ def test_blip_tokenizer_has_blips_special_ids():
 
 def test_tiny_profile_directory(tiny_profile):
     manifest = json.loads((tiny_profile / "profile.json").read_text())
-    assert manifest["profile"] == "tiny" and set(manifest["model_ids"]) == set(ROLES)
-    for role in ROLES:
+    assert manifest["profile"] == "tiny" and set(manifest["model_ids"]) == set(ALL_ROLES)
+    for role in ALL_ROLES:
         assert (tiny_profile / role / "config.json").is_file()
         assert any((tiny_profile / role).glob("*.safetensors"))
 
 
-# real light-mode parameter counts (millions) of the checkpoints the bench profile mimics
+# real parameter counts (millions) of the checkpoints the bench profile mimics: light mode's, and
+# SAM ViT-H (facebook/sam-vit-huge: 641M), the published engine's mask generator
 BENCH_PARAMS = {"oneformer_coco": (200, 240), "oneformer_ade20k": (45, 60), "blip": (220, 260),
-                "clip": (145, 160), "clipseg": (145, 160)}
+                "clip": (145, 160), "clipseg": (145, 160), "sam": (635, 645)}
 
 
-@pytest.mark.parametrize("role", ROLES)
+def test_sam_checkpoints_are_named():
+    assert HUB_IDS["light"]["sam"] == "facebook/sam-vit-base" and HUB_IDS["full"]["sam"] == "facebook/sam-vit-huge"
+    assert HUB_IDS["bench"]["sam"] == "facebook/sam-vit-huge"
+
+
+@pytest.mark.parametrize("role", ALL_ROLES)
 def test_bench_model_builds_offline_at_real_size(role):
     model, processor = build_random_role(role, "bench", build_clip_tokenizer())
     millions = sum(p.numel() for p in model.parameters()) / 1e6

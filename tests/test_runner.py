@@ -20,6 +20,7 @@ from client.runner import RunnerConfig, annotate_dataset
 from model_repository.server import EmbeddedServer, free_port
 from ssa.dataset import Shard, listings
 from ssa.outputs import FAILURES_FILE
+from ssa.params import SamParams
 
 COPIES = 3  # the kill tests run the example set 3 times over, so a kill lands mid-run
 
@@ -122,27 +123,28 @@ def test_bad_files_are_recorded_and_the_rest_succeed(server, example_dir, tmp_pa
     doc = json.loads((data / "sa_4.json").read_text())
     doc["annotations"][1]["segmentation"]["size"] = [7, 9]
     (data / "sa_4.json").write_text(json.dumps(doc))
-    (data / "sa_5.json").unlink()
+    (data / "sa_5.json").unlink()  # no annotations: the server's SAM makes them (SSA + SAM)
     (data / "sa_6.jpg").rename(data / "sa_6.png")  # an image of another format is found the same way
     shutil.copy(example_dir / "sa_1.json", data / "lonely.json")  # a JSON with no image: missing data
     (data / "zz.tar").write_bytes(b"not a tar at all" * 100)
     shutil.copy(example_dir / "sa_1.jpg", data / "no_masks.jpg")  # valid: an image without annotations
     doc = json.loads((example_dir / "sa_1.json").read_text())
     (data / "no_masks.json").write_text(json.dumps({**doc, "annotations": []}))
-    summary, stop = run([server.url], [data], tmp_path / "out", in_flight=2)
-    assert stop is None and summary.done == 2
+    summary, stop = run([server.url], [data], tmp_path / "out", in_flight=2, sam_params=SamParams(points_per_side=4))
+    assert stop is None and summary.done == 3
     failures = {Path(f["file"].split(":")[0]).name: f["reason"] for f in summary.failures}
-    assert set(failures) == {"sa_2.jpg", "sa_3.json", "sa_4.json", "sa_5.jpg", "zz.tar", "lonely.json"}
+    assert set(failures) == {"sa_2.jpg", "sa_3.json", "sa_4.json", "zz.tar", "lonely.json"}
     assert "no image beside it" in failures["lonely.json"]
     assert "unreadable image" in failures["sa_2.jpg"]
     assert "invalid JSON" in failures["sa_3.json"]
     assert "RLE size [7, 9] differs from the image size" in failures["sa_4.json"]
-    assert "annotation" in failures["sa_4.json"] and "no annotation file" in failures["sa_5.jpg"]
+    assert "annotation" in failures["sa_4.json"]
     assert "not an uncompressed tar" in failures["zz.tar"]
     recorded = json.loads((tmp_path / "out" / FAILURES_FILE).read_text())
-    assert len(recorded) == 6 and all(set(f) == {"file", "reason"} for f in recorded)
+    assert len(recorded) == 5 and all(set(f) == {"file", "reason"} for f in recorded)
     assert not any("0x" in f["reason"] for f in recorded)  # the file and the problem, no object addresses
-    assert sorted(outputs(tmp_path / "out")) == ["no_masks_semantic.json", "sa_6_semantic.json"]
+    assert sorted(outputs(tmp_path / "out")) == ["no_masks_semantic.json", "sa_5_semantic.json", "sa_6_semantic.json"]
+    assert (tmp_path / "out" / "sa_5.json").is_file()  # SAM's masks, SA-1B form
     assert json.loads((tmp_path / "out" / "no_masks_semantic.json").read_text())["annotations"] == []
     assert_readable_by_others(tmp_path / "out")  # outputs and failures.json
 
@@ -261,6 +263,24 @@ def test_mismatched_engine_is_refused_at_start(repositories, example_dir, tmp_pa
         summary, stop = run([server.url], [example_dir], tmp_path / "out")
     assert stop is not None and "Regenerate the model repository" in str(stop) and "options" in str(stop)
     assert summary.done == 0
+
+
+def test_image_without_annotations_on_a_server_without_sam(repositories, example_dir, tmp_path):
+    """A repository generated without SAM: an image with no JSON fails with the reason, the rest
+    is done."""
+    repo = tmp_path / "repo"
+    shutil.copytree(repositories["cpu"], repo)
+    for name in ("sam_masks", "sam_encoder", "sam_decoder"):
+        shutil.rmtree(repo / name)
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("sa_1.jpg", "sa_1.json", "sa_2.jpg"):
+        shutil.copy(example_dir / name, data / name)
+    with EmbeddedServer(repo, log_path=tmp_path / "triton.log") as server:
+        summary, stop = run([server.url], [data], tmp_path / "out")
+    assert stop is None and summary.done == 1
+    assert [Path(f["file"]).name for f in summary.failures] == ["sa_2.jpg"]
+    assert "has no sam_masks model" in summary.failures[0]["reason"]
 
 
 def test_coco_export_round_trips_the_masks(folder_run, example_dir, tmp_path):

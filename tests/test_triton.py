@@ -140,13 +140,13 @@ def _configs(repo: Path) -> dict:
 
 def test_gpu_configs_parse_and_agree_with_cpu(repositories):
     cpu, gpu = _configs(repositories["cpu"]), _configs(repositories["gpu"])
-    assert set(cpu) == set(gpu) and "ssa_engine" in cpu and len(cpu) == 10
+    assert set(cpu) == set(gpu) and "ssa_engine" in cpu and "sam_masks" in cpu and len(cpu) == 13
     for name, c in cpu.items():
         g = gpu[name]
         assert c.max_batch_size == g.max_batch_size
         for a, b in ((c.input, g.input), (c.output, g.output)):
             assert [(t.name, t.data_type, list(t.dims)) for t in a] == [(t.name, t.data_type, list(t.dims)) for t in b]
-        if name not in ("ssa_engine", "blip_caption"):
+        if name not in ("ssa_engine", "blip_caption", "sam_masks"):
             assert c.backend == "python" and g.platform == "onnxruntime_onnx"
             assert g.instance_group[0].kind == g.instance_group[0].KIND_GPU
             accel = g.optimization.execution_accelerators.gpu_execution_accelerator[0]

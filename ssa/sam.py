@@ -1,0 +1,313 @@
+"""SAM's automatic mask generator ("SSA + SAM": masks for images that have none).
+
+The algorithm of segment-anything's `SamAutomaticMaskGenerator`, with its defaults: a grid of
+point prompts over the image (and over overlapping crops when `crop_n_layers` > 0); SAM decodes
+three masks per point; masks are kept when their predicted IoU and their stability score clear
+the thresholds, and when their box does not touch a crop's inner edge; box NMS within each crop,
+then across crops (smaller crops preferred); optionally small regions and holes removed; each
+mask returned as COCO RLE with the SA-1B fields.
+
+The models are injected (`SamModels`): the reference runs SAM in PyTorch a batch of 64 points at
+a time, as its authors do; the Triton model decodes every point of a crop in one request. The
+rest is this module, shared by both, so their masks differ only by the models' float rounding.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from itertools import product
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ssa.errors import InputError
+from ssa.params import SamParams
+
+SAM_SIDE = 1024  # SAM's input side: the longest image side is resized to it, the rest padded
+LOW_RES = 256  # side of the masks the decoder returns
+EDGE_TOLERANCE = 20.0  # pixels: a box this close to a crop's inner edge is cut by the crop
+
+class SamModels(Protocol):
+    """SAM as two tensor functions on `device`."""
+
+    device: torch.device
+
+    def embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(1, 3, 1024, 1024) normalised, padded image -> (1, C, 64, 64) image embeddings."""
+
+    def decode(self, embeddings: torch.Tensor, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(1, C, 64, 64) embeddings and (P, 2) float32 point prompts in the 1024 frame (all
+        foreground) -> predicted IoUs (P, 3) and low-resolution mask logits (P, 3, 256, 256)."""
+
+
+# ---------------------------------------------------------------- grids and crops
+def point_grid(n_per_side: int) -> np.ndarray:
+    """(n*n, 2) points (x, y) in [0, 1], centred in an n x n grid of cells, x fastest."""
+    offset = 1 / (2 * n_per_side)
+    side = np.linspace(offset, 1 - offset, n_per_side)
+    xs = np.tile(side[None, :], (n_per_side, 1))
+    ys = np.tile(side[:, None], (1, n_per_side))
+    return np.stack([xs, ys], axis=-1).reshape(-1, 2)
+
+
+def crop_boxes(image_size: tuple[int, int], n_layers: int, overlap_ratio: float) -> tuple[list[list[int]], list[int]]:
+    """The crops (x0, y0, x1, y1) of every layer and each one's layer: layer 0 is the whole image,
+    layer i tiles it into 2^i x 2^i overlapping crops."""
+    h, w = image_size
+    boxes, layers = [[0, 0, w, h]], [0]
+    short = min(h, w)
+    for i in range(n_layers):
+        n = 2 ** (i + 1)
+        overlap = int(overlap_ratio * short * (2 / n))
+        crop_w = math.ceil((overlap * (n - 1) + w) / n)
+        crop_h = math.ceil((overlap * (n - 1) + h) / n)
+        xs = [int((crop_w - overlap) * k) for k in range(n)]
+        ys = [int((crop_h - overlap) * k) for k in range(n)]
+        for x0, y0 in product(xs, ys):
+            boxes.append([x0, y0, min(x0 + crop_w, w), min(y0 + crop_h, h)])
+            layers.append(i + 1)
+    return boxes, layers
+
+
+def resized_side(size: tuple[int, int]) -> tuple[int, int]:
+    """(h, w) after resizing the longest side to 1024 (rounded as SAM rounds)."""
+    h, w = size
+    scale = SAM_SIDE / max(h, w)
+    return int(h * scale + 0.5), int(w * scale + 0.5)
+
+
+# ---------------------------------------------------------------- mask arithmetic
+def stability_scores(logits: torch.Tensor, threshold: float, offset: float) -> torch.Tensor:
+    """IoU between the mask thresholded at threshold + offset and at threshold - offset."""
+    inter = (logits > threshold + offset).sum(dim=(-1, -2), dtype=torch.int32)
+    union = (logits > threshold - offset).sum(dim=(-1, -2), dtype=torch.int32)
+    return inter.double() / union.clamp(min=1).double()
+
+
+def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
+    """(N, 4) int64 boxes (x0, y0, x1, y1) of (N, H, W) bool masks, x1/y1 the last set column/row
+    (inclusive); an empty mask gets [0, 0, 0, 0]."""
+    n, h, w = masks.shape
+    if n == 0:
+        return torch.zeros((0, 4), dtype=torch.int64, device=masks.device)
+    rows, cols = masks.any(dim=2), masks.any(dim=1)
+    ar_h = torch.arange(h, device=masks.device)
+    ar_w = torch.arange(w, device=masks.device)
+    bottom = torch.where(rows, ar_h, -1).max(dim=1).values
+    top = torch.where(rows, ar_h, h).min(dim=1).values
+    right = torch.where(cols, ar_w, -1).max(dim=1).values
+    left = torch.where(cols, ar_w, w).min(dim=1).values
+    out = torch.stack([left, top, right, bottom], dim=1)
+    empty = ~rows.any(dim=1)
+    out[empty] = 0
+    return out
+
+
+def near_crop_edge(boxes: torch.Tensor, crop_box: list[int], image_size: tuple[int, int]) -> torch.Tensor:
+    """(N,) bool: boxes (in image coordinates) within 20 px of an edge of the crop that is not an
+    edge of the image (the object probably continues outside the crop)."""
+    crop = torch.tensor(crop_box, dtype=torch.float32, device=boxes.device)
+    whole = torch.tensor([0, 0, image_size[1], image_size[0]], dtype=torch.float32, device=boxes.device)
+    b = boxes.float()
+    at_crop = torch.isclose(b, crop[None], atol=EDGE_TOLERANCE, rtol=0)
+    at_image = torch.isclose(b, whole[None], atol=EDGE_TOLERANCE, rtol=0)
+    return (at_crop & ~at_image).any(dim=1)
+
+
+def box_nms(boxes: torch.Tensor, scores: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Indices kept by greedy non-maximum suppression (IoU of xyxy boxes > threshold suppresses),
+    highest score first; ties keep the earlier box."""
+    if boxes.shape[0] == 0:
+        return torch.zeros(0, dtype=torch.int64)
+    b = boxes.double().cpu()
+    order = torch.sort(scores.double().cpu(), descending=True, stable=True).indices
+    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    x0 = torch.maximum(b[:, None, 0], b[None, :, 0])
+    y0 = torch.maximum(b[:, None, 1], b[None, :, 1])
+    x1 = torch.minimum(b[:, None, 2], b[None, :, 2])
+    y1 = torch.minimum(b[:, None, 3], b[None, :, 3])
+    inter = (x1 - x0).clamp(min=0) * (y1 - y0).clamp(min=0)
+    iou = inter / (area[:, None] + area[None, :] - inter).clamp(min=1e-12)
+    suppressed = torch.zeros(len(b), dtype=torch.bool)
+    keep = []
+    for i in order.tolist():
+        if suppressed[i]:
+            continue
+        keep.append(i)
+        suppressed |= iou[i] > threshold
+    return torch.tensor(keep, dtype=torch.int64)
+
+
+def remove_small_regions(mask: np.ndarray, area: int, mode: str) -> tuple[np.ndarray, bool]:
+    """Remove islands ("islands") or fill holes ("holes") smaller than `area` (8-connectivity);
+    (mask, whether it changed)."""
+    from scipy import ndimage
+
+    working = (mask if mode == "islands" else ~mask)
+    labels, n = ndimage.label(working, structure=np.ones((3, 3), bool))
+    if n == 0:
+        return mask, False
+    sizes = np.bincount(labels.ravel())[1:]
+    small = [i + 1 for i, s in enumerate(sizes) if s < area]
+    if not small:
+        return mask, False
+    fill = [0] + small
+    if mode == "islands":
+        keep = [i for i in range(1, n + 1) if i not in small] or [int(np.argmax(sizes)) + 1]
+        return np.isin(labels, keep), True
+    return ~np.isin(labels, [i for i in range(n + 1) if i not in fill]), True
+
+
+# ---------------------------------------------------------------- one image
+def sam_pixels(image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
+    """(1, 3, 1024, 1024) float32 SAM input of an (h, w, 3) uint8 image (longest side resized to
+    1024 bilinearly, ImageNet-normalised, zero-padded bottom-right), and the resized (h, w)."""
+    from PIL import Image
+
+    rh, rw = resized_side(image.shape[:2])
+    resized = np.asarray(Image.fromarray(image).resize((rw, rh), Image.Resampling.BILINEAR), dtype=np.float32)
+    mean = np.array([0.485, 0.456, 0.406], np.float32) * 255
+    std = np.array([0.229, 0.224, 0.225], np.float32) * 255
+    out = np.zeros((1, 3, SAM_SIDE, SAM_SIDE), np.float32)
+    out[0, :, :rh, :rw] = ((resized - mean) / std).transpose(2, 0, 1)
+    return torch.from_numpy(out), (rh, rw)
+
+
+def upscale_logits(low_res: torch.Tensor, resized: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
+    """(N, 256, 256) logits -> (N, h, w): to 1024 bilinearly, the padding cut off, then to the
+    crop's size bilinearly."""
+    x = F.interpolate(low_res[:, None].float(), size=(SAM_SIDE, SAM_SIDE), mode="bilinear", align_corners=False)
+    x = x[..., : resized[0], : resized[1]]
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+@dataclass
+class CropMasks:
+    """The masks one crop kept, in image coordinates."""
+
+    masks: torch.Tensor  # (N, H, W) bool, the whole image
+    boxes: torch.Tensor  # (N, 4) xyxy
+    iou: torch.Tensor  # (N,)
+    stability: torch.Tensor  # (N,)
+    points: torch.Tensor  # (N, 2) the prompt of each mask, image pixels
+    crop_box: list[int]
+
+
+def _filter_batch(low_res: torch.Tensor, iou: torch.Tensor, points: torch.Tensor, crop_box: list[int],
+                  image_size: tuple[int, int], resized: tuple[int, int], p: SamParams):
+    """One batch of decoded points (P, 3, ...) -> the masks it keeps (crop coordinates)."""
+    n_masks = low_res.shape[1]
+    low_res = low_res.reshape(-1, *low_res.shape[2:])
+    iou = iou.reshape(-1).float()
+    points = points.repeat_interleave(n_masks, dim=0)
+    keep = iou > p.pred_iou_thresh
+    low_res, iou, points = low_res[keep], iou[keep], points[keep]
+    crop_h, crop_w = crop_box[3] - crop_box[1], crop_box[2] - crop_box[0]
+    logits = upscale_logits(low_res, resized, (crop_h, crop_w)) if len(low_res) else \
+        torch.zeros((0, crop_h, crop_w), device=low_res.device)
+    stability = stability_scores(logits, p.mask_threshold, p.stability_score_offset)
+    keep = stability >= p.stability_score_thresh
+    logits, iou, points, stability = logits[keep], iou[keep], points[keep], stability[keep]
+    masks = logits > p.mask_threshold
+    boxes = mask_boxes(masks) + torch.tensor([crop_box[0], crop_box[1], crop_box[0], crop_box[1]],
+                                             device=masks.device)
+    keep = ~near_crop_edge(boxes, crop_box, image_size)
+    return masks[keep], boxes[keep], iou[keep], stability[keep], points[keep]
+
+
+def generate_masks(image: np.ndarray, models: SamModels, params: SamParams = SamParams(),
+                   points_per_call: int | None = None) -> list[dict[str, Any]]:
+    """SA-1B annotations of SAM's masks of `image` ((H, W, 3) uint8 RGB), in output order.
+
+    points_per_call: points decoded per model call (default `params.points_per_batch`; the
+    Triton model passes the crop's whole grid).
+    """
+    from pycocotools import mask as mask_utils
+
+    h, w = image.shape[:2]
+    if params.points_per_side < 1:
+        raise InputError("points_per_side must be at least 1")
+    grids = [point_grid(int(params.points_per_side / params.crop_n_points_downscale_factor ** i))
+             for i in range(params.crop_n_layers + 1)]
+    boxes, layers = crop_boxes((h, w), params.crop_n_layers, params.crop_overlap_ratio)
+    kept: list[CropMasks] = []
+    for crop_box, layer in zip(boxes, layers):
+        x0, y0, x1, y1 = crop_box
+        crop = np.ascontiguousarray(image[y0:y1, x0:x1])
+        pixels, resized = sam_pixels(crop)
+        embeddings = models.embed(pixels.to(models.device))
+        points = torch.from_numpy(grids[layer] * np.array([x1 - x0, y1 - y0])).float()  # crop pixels
+        frame = torch.tensor([resized[1] / (x1 - x0), resized[0] / (y1 - y0)], dtype=torch.float32)
+        call = points_per_call or params.points_per_batch
+        parts = []
+        for start in range(0, len(points), call):
+            batch = points[start : start + call]
+            iou, low_res = models.decode(embeddings, (batch * frame).to(models.device))
+            batch = batch.to(low_res.device)
+            for k in range(0, len(batch), params.points_per_batch):  # full-size logits: a batch at a time
+                sl = slice(k, k + params.points_per_batch)
+                parts.append(_filter_batch(low_res[sl], iou[sl], batch[sl], crop_box, (h, w), resized, params))
+        masks, mboxes, iou, stability, pts = (torch.cat([p[i] for p in parts]) for i in range(5))
+        keep = box_nms(mboxes, iou, params.box_nms_thresh)
+        masks, mboxes, iou, stability, pts = masks[keep], mboxes[keep], iou[keep], stability[keep], pts[keep]
+        full = torch.zeros((len(masks), h, w), dtype=torch.bool, device=masks.device)
+        full[:, y0:y1, x0:x1] = masks
+        kept.append(CropMasks(full, mboxes, iou, stability, pts + torch.tensor([x0, y0], device=pts.device),
+                              crop_box))
+    masks = torch.cat([k.masks for k in kept]).cpu()
+    mboxes = torch.cat([k.boxes for k in kept]).cpu()
+    iou = torch.cat([k.iou for k in kept]).cpu()
+    stability = torch.cat([k.stability for k in kept]).cpu()
+    pts = torch.cat([k.points for k in kept]).cpu()
+    crops = [k.crop_box for k in kept for _ in range(len(k.masks))]
+    if len(boxes) > 1 and len(masks):  # across crops: the smaller crop's mask wins
+        areas = torch.tensor([(c[2] - c[0]) * (c[3] - c[1]) for c in crops], dtype=torch.float64)
+        keep = box_nms(mboxes, 1.0 / areas, params.crop_nms_thresh)
+        masks, mboxes, iou, stability, pts = masks[keep], mboxes[keep], iou[keep], stability[keep], pts[keep]
+        crops = [crops[i] for i in keep.tolist()]
+    masks_np = masks.numpy()
+    if params.min_mask_region_area > 0 and len(masks_np):
+        masks_np, mboxes, iou, stability, pts, crops = _small_regions(
+            masks_np, mboxes, iou, stability, pts, crops, params)
+    out = []
+    for i in range(len(masks_np)):
+        rle = mask_utils.encode(np.asfortranarray(masks_np[i].astype(np.uint8)))
+        x0b, y0b, x1b, y1b = (int(v) for v in mboxes[i])
+        c = crops[i]
+        out.append({
+            "id": i,
+            "segmentation": {"size": [h, w], "counts": rle["counts"].decode("ascii")},
+            "area": int(mask_utils.area(rle)),
+            "bbox": [x0b, y0b, x1b - x0b, y1b - y0b],
+            "predicted_iou": float(iou[i]),
+            "point_coords": [[float(pts[i, 0]), float(pts[i, 1])]],
+            "stability_score": float(stability[i]),
+            "crop_box": [c[0], c[1], c[2] - c[0], c[3] - c[1]],
+        })
+    return out
+
+
+def _small_regions(masks, boxes, iou, stability, pts, crops, p: SamParams):
+    """Remove small islands and holes of each mask, then NMS again (changed masks lose ties), as
+    segment-anything's postprocess_small_regions."""
+    new_masks, scores = [], []
+    for m in masks:
+        m, changed = remove_small_regions(m, p.min_mask_region_area, "holes")
+        unchanged = not changed
+        m, changed = remove_small_regions(m, p.min_mask_region_area, "islands")
+        unchanged = unchanged and not changed
+        new_masks.append(m)
+        scores.append(float(unchanged))
+    stacked = np.stack(new_masks)
+    new_boxes = mask_boxes(torch.from_numpy(stacked))
+    keep = box_nms(new_boxes, torch.tensor(scores), p.box_nms_thresh).tolist()
+    return (stacked[keep], new_boxes[keep], iou[keep], stability[keep], pts[keep], [crops[i] for i in keep])
+
+
+def sa1b_document(image_size: tuple[int, int], file_name: str, annotations: list[dict], image_id: int = 0) -> dict:
+    """An SA-1B document for generated annotations."""
+    return {"image": {"image_id": image_id, "width": image_size[1], "height": image_size[0], "file_name": file_name},
+            "annotations": annotations}
