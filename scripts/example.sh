@@ -4,6 +4,7 @@
 # embedded tritonserver and annotate the example set through it over gRPC with the batch runner,
 # then gather the outputs into one COCO instances file.
 # PROFILE=bench uses real-size random models (slow on a CPU); light/full need real checkpoints.
+# PHOTOS=<folder of photos, no JSON> runs SSA + SAM on it instead: SAM's masks first, then the labels.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -12,9 +13,13 @@ export TRANSFORMERS_VERBOSITY=error
 PROFILE=${PROFILE:-tiny}
 [ -f artifacts/examples/sa_1.json ] || ssa examples --out artifacts/examples
 [ -f "artifacts/models/$PROFILE/profile.json" ] || ssa models --profile "$PROFILE"
+[ -f "artifacts/models/$PROFILE/sam/config.json" ] || ssa models --profile "$PROFILE" --roles sam  # older profiles
 [ -f "artifacts/onnx/$PROFILE/manifest.json" ] || python -m export --profile "$PROFILE"
+grep -q '"sam_decoder"' "artifacts/onnx/$PROFILE/manifest.json" || \
+  python -m export --profile "$PROFILE" --only sam_encoder,sam_decoder
 python -m model_repository generate --profile "$PROFILE" --target cpu
-ssa annotate --embedded "artifacts/repository/$PROFILE-cpu" --data artifacts/examples \
-  --out_dir "artifacts/out/$PROFILE" --save_img
-ssa coco --semantic_dir "artifacts/out/$PROFILE" --out "artifacts/out/$PROFILE.coco.json"
-echo "outputs: artifacts/out/$PROFILE/*_semantic.json and *_semantic.png; COCO: artifacts/out/$PROFILE.coco.json"
+DATA=${PHOTOS:-artifacts/examples}
+OUT="artifacts/out/$PROFILE${PHOTOS:+-photos}"
+ssa annotate --embedded "artifacts/repository/$PROFILE-cpu" --data "$DATA" --out_dir "$OUT" --save_img
+ssa coco --semantic_dir "$OUT" --out "$OUT.coco.json"
+echo "outputs: $OUT/*_semantic.json and *_semantic.png${PHOTOS:+ (SAM's masks: $OUT/<stem>.json)}; COCO: $OUT.coco.json"

@@ -80,7 +80,7 @@ def check_bbox(bbox: Any, image_size: tuple[int, int]) -> np.ndarray:
         raise InputError(f"bbox {bbox!r} has non-numeric or non-finite values")
     x, y, w, h = (float(v) for v in bbox)
     height, width = image_size
-    if w <= 0 or h <= 0:
+    if w < 0 or h < 0:
         raise InputError(f"bbox {list(bbox)} has zero or negative size")
     if x < -BBOX_TOLERANCE or y < -BBOX_TOLERANCE or x + w > width + BBOX_TOLERANCE or y + h > height + BBOX_TOLERANCE:
         raise InputError(f"bbox {list(bbox)} lies outside the image of width {width} and height {height}")
@@ -111,6 +111,12 @@ def decode_annotations(doc: dict[str, Any], image_size: tuple[int, int], source:
             masks[i] = decode_rle(ann["segmentation"], image_size)
             if not masks[i].any():
                 raise InputError("empty mask (no pixel set)")
+            # SAM's boxes have w = x1 - x0 (last column minus first): zero for a mask one pixel
+            # wide, and only then
+            w, h = bboxes[i, 2], bboxes[i, 3]
+            if (w == 0 and np.count_nonzero(masks[i].any(axis=0)) != 1) or \
+                    (h == 0 and np.count_nonzero(masks[i].any(axis=1)) != 1):
+                raise InputError(f"bbox {list(ann['bbox'])} has zero or negative size")
         except InputError as exc:
             raise InputError(f"annotation {_ann_name(ann, i)}: {exc.problem}", source) from exc
     return MaskSet(masks=masks, bboxes=bboxes)

@@ -311,3 +311,68 @@ def sa1b_document(image_size: tuple[int, int], file_name: str, annotations: list
     """An SA-1B document for generated annotations."""
     return {"image": {"image_id": image_id, "width": image_size[1], "height": image_size[0], "file_name": file_name},
             "annotations": annotations}
+
+
+# ---------------------------------------------------------------- comparing two paths' masks
+BOX_NMS_TOLERANCE = 0.02  # box IoU within this of an NMS threshold may fall on either side
+SCORE_TOLERANCE = 1e-3  # predicted IoU: the decoder's export tolerance
+STABILITY_TOLERANCE = 0.01
+
+
+def _box_iou(a, b) -> float:
+    iw = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+    union = a[2] * a[3] + b[2] * b[3] - iw * ih
+    return iw * ih / union if union > 0 else 0.0
+
+
+def near_threshold(ann: dict, others: list[dict], p: SamParams) -> bool:
+    """Whether a mask's presence rests on a decision within the export's rounding of a threshold:
+    its predicted IoU, its stability score, or its box overlap with another mask (NMS)."""
+    if abs(ann["predicted_iou"] - p.pred_iou_thresh) <= SCORE_TOLERANCE:
+        return True
+    if abs(ann["stability_score"] - p.stability_score_thresh) <= STABILITY_TOLERANCE:
+        return True
+    return any(abs(_box_iou(ann["bbox"], o["bbox"]) - t) <= BOX_NMS_TOLERANCE
+               for o in others for t in (p.box_nms_thresh, p.crop_nms_thresh))
+
+
+def compare_masks(reference: dict, other: dict, p: SamParams) -> dict:
+    """Match each reference mask to one of `other`'s (mask IoU >= 0.99 and bbox within 1 px). Masks
+    left over on either side are counted as near a threshold when `near_threshold` says so, else
+    listed as unexplained. Both are SA-1B documents of the same image."""
+    from ssa.masks import decode_rle
+
+    def decoded(doc):
+        size = (doc["image"]["height"], doc["image"]["width"])
+        return [(decode_rle(a["segmentation"], size), a) for a in doc["annotations"]]
+
+    ref, got = decoded(reference), decoded(other)
+    everyone = [a for _, a in ref + got]
+    used: set[int] = set()
+    matched, near, unexplained = 0, 0, []
+    for mask, ann in ref:
+        best, best_iou = None, 0.0
+        for j, (candidate, _) in enumerate(got):
+            if j not in used:
+                union = np.logical_or(mask, candidate).sum()
+                iou = float(np.logical_and(mask, candidate).sum() / union) if union else 0.0
+                if iou > best_iou:
+                    best, best_iou = j, iou
+        if best is not None and best_iou >= 0.99 and \
+                all(abs(x - y) <= 1 for x, y in zip(ann["bbox"], got[best][1]["bbox"])):
+            used.add(best)
+            matched += 1
+        elif near_threshold(ann, [a for a in everyone if a is not ann], p):
+            near += 1
+        else:
+            unexplained.append(f"reference mask {ann.get('id')}: best match IoU {best_iou:.4f}")
+    for j, (_, ann) in enumerate(got):
+        if j in used:
+            continue
+        if near_threshold(ann, [a for a in everyone if a is not ann], p):
+            near += 1
+        else:
+            unexplained.append(f"mask {ann.get('id')} only in the second set")
+    return {"reference": len(ref), "triton": len(got), "matched": matched, "near_threshold": near,
+            "unexplained": unexplained}

@@ -109,3 +109,23 @@ def test_soak_benchmark_smoke(tiny_profile, repositories, tmp_path, capsys):
     assert [t for t, _ in result["throughput"]] == [5.0, 10.0, 15.0][: len(result["throughput"])]
     assert "errors / wrong answers | 0 / 0" in (out / "table.md").read_text()
     assert (out / "soak.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_sam_benchmark_smoke(tiny_profile, tiny_export, tmp_path, capsys):
+    """SSA + SAM's benchmark on one photo: the reference and Triton SAM timed, their masks compared
+    (none unexplained), the whole SSA + SAM run through ssa annotate."""
+    import shutil
+
+    from benchmarks.sam import main as sam_benchmark
+
+    export = tmp_path / "onnx"
+    shutil.copytree(tiny_export, export)
+    out = tmp_path / "sam"
+    code = sam_benchmark(["--profile", "tiny", "--models_dir", str(tiny_profile.parent), "--export_dir", str(export),
+                          "--images", "1", "--sam", "points_per_side=8", "--sam", "box_nms_thresh=1.0", "--out", str(out)])
+    result = json.loads((out / "result.json").read_text())
+    assert code == 0 and result["unexplained"] == [] and result["images"] == 1
+    assert result["masks_compared"]["matched"] == result["masks_compared"]["reference"] > 0
+    assert result["reference_sam_seconds_per_image"] > 0 and result["triton_sam_seconds_per_image"] > 0
+    assert result["labelled_masks"] == result["masks_per_image"][0]
+    assert "SAM s/image" in (out / "table.md").read_text()

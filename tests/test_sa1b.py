@@ -30,6 +30,13 @@ def test_valid_document_decodes():
     assert masks.bboxes.tolist() == [[1.0, 1.0, 2.0, 2.0]]
 
 
+def test_zero_width_box_of_a_one_pixel_wide_mask_is_sams_convention():
+    mask = np.zeros((6, 8), bool)
+    mask[1:4, 2] = True  # one column: SAM's box is [2, 1, 0, 2] (last minus first)
+    masks = decode_annotations(document(mask, bbox=[2, 1, 0, 2]), (6, 8), "sa_9.json")
+    assert masks.bboxes.tolist() == [[2.0, 1.0, 0.0, 2.0]]
+
+
 @pytest.mark.parametrize(
     ("doc", "size", "message"),
     [

@@ -18,13 +18,18 @@ import pytest
 import torch
 
 from ssa.params import SamParams
-from ssa.sam import box_nms, crop_boxes, mask_boxes, point_grid, remove_small_regions, stability_scores
+from ssa.sam import (
+    box_nms,
+    compare_masks,
+    crop_boxes,
+    mask_boxes,
+    point_grid,
+    remove_small_regions,
+    stability_scores,
+)
 
 # small grids keep the tests at seconds per image; the algorithm is the same at 32 per side
 FAST = {"points_per_side": 8}
-BOX_NMS_TOLERANCE = 0.02  # box IoU within this of the NMS threshold may fall on either side
-SCORE_TOLERANCE = 1e-3  # predicted IoU: the decoder's export tolerance
-STABILITY_TOLERANCE = 0.01
 
 
 def test_point_grid_is_segment_anythings():
@@ -74,64 +79,6 @@ def test_sam_params_are_bounded():
 
 
 # ---------------------------------------------------------------- Triton == reference
-def _masks(doc: dict) -> list[tuple[np.ndarray, dict]]:
-    from ssa.masks import decode_rle
-
-    h, w = doc["image"]["height"], doc["image"]["width"]
-    return [(decode_rle(a["segmentation"], (h, w)), a) for a in doc["annotations"]]
-
-
-def _box_iou(a, b) -> float:
-    ax0, ay0, aw, ah = a
-    bx0, by0, bw, bh = b
-    iw = max(0.0, min(ax0 + aw, bx0 + bw) - max(ax0, bx0))
-    ih = max(0.0, min(ay0 + ah, by0 + bh) - max(ay0, by0))
-    inter = iw * ih
-    union = aw * ah + bw * bh - inter
-    return inter / union if union > 0 else 0.0
-
-
-def near_threshold(ann: dict, others: list[dict], p: SamParams) -> bool:
-    """Whether an unmatched mask's fate rests on a decision within the export's rounding of a
-    threshold: its predicted IoU, its stability score, or its box overlap with another mask."""
-    if abs(ann["predicted_iou"] - p.pred_iou_thresh) <= SCORE_TOLERANCE:
-        return True
-    if abs(ann["stability_score"] - p.stability_score_thresh) <= STABILITY_TOLERANCE:
-        return True
-    return any(abs(_box_iou(ann["bbox"], o["bbox"]) - p.box_nms_thresh) <= BOX_NMS_TOLERANCE for o in others)
-
-
-def compare_masks(reference: dict, triton: dict, p: SamParams) -> dict:
-    """Match every reference mask to a Triton mask (IoU >= 0.99, bbox within 1 px); the rest must
-    be near a threshold. Returns the counts."""
-    ref, got = _masks(reference), _masks(triton)
-    used, matched, explained = set(), 0, 0
-    for mask, ann in ref:
-        best, best_iou = None, 0.0
-        for j, (other, _) in enumerate(got):
-            if j in used:
-                continue
-            union = np.logical_or(mask, other).sum()
-            iou = np.logical_and(mask, other).sum() / union if union else 0.0
-            if iou > best_iou:
-                best, best_iou = j, iou
-        if best is not None and best_iou >= 0.99 and \
-                all(abs(a - b) <= 1 for a, b in zip(ann["bbox"], got[best][1]["bbox"])):
-            used.add(best)
-            matched += 1
-        else:
-            assert near_threshold(ann, [a for _, a in ref + got if a is not ann], p), \
-                f"reference mask {ann['id']} (iou {ann['predicted_iou']:.4f}, stability {ann['stability_score']:.4f}) " \
-                f"has no Triton match (best IoU {best_iou:.4f})"
-            explained += 1
-    for j, (_, ann) in enumerate(got):
-        if j not in used:
-            assert near_threshold(ann, [a for _, a in ref + got if a is not ann], p), \
-                f"Triton mask {ann['id']} is not in the reference"
-            explained += 1
-    return {"reference": len(ref), "triton": len(got), "matched": matched, "near_threshold": explained}
-
-
 def _sam_request(url: str, image: bytes, params: dict) -> dict:
     import tritonclient.grpc as grpcclient
 
@@ -171,6 +118,7 @@ def test_triton_masks_equal_the_reference(server, torch_sam, example_dir, capsys
         triton = _sam_request(server.url, (example_dir / f"{stem}.jpg").read_bytes(), values)
         assert triton["image"]["height"] == image.shape[0] and triton["image"]["width"] == image.shape[1]
         counts = compare_masks(reference, triton, params)
+        assert counts["unexplained"] == [], counts["unexplained"]
         for k in totals:
             totals[k] += counts[k]
         with capsys.disabled():
