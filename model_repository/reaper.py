@@ -10,7 +10,9 @@ memory and shared-memory regions. This small supervisor, started by `EmbeddedSer
   PIDFILE;
 - is a child subreaper, so stubs orphaned by tritonserver's death become its children;
 - when tritonserver ends, for any reason, terminates that process group and any orphan left
-  (SIGTERM, then SIGKILL after a grace period), then exits with tritonserver's status;
+  (SIGTERM, then SIGKILL after a grace period), removes the Python backend's shared-memory
+  regions that it created and nobody maps any more (a killed server leaves them in /dev/shm,
+  where they hold memory until reboot), then exits with tritonserver's status;
 - on SIGTERM/SIGINT, or when the process that started it dies (PR_SET_PDEATHSIG), stops
   tritonserver the same way.
 
@@ -108,6 +110,45 @@ def _stop_everything(child: subprocess.Popen, grace: float) -> None:
             time.sleep(0.05)
 
 
+SHM_DIR = "/dev/shm"
+SHM_PREFIX = "triton_python_backend_shm_region_"
+
+
+def _mapped_shm() -> set[str]:
+    """Shared-memory files some living process maps."""
+    mapped = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/maps", "rb") as f:
+                    for line in f:
+                        if SHM_PREFIX.encode() in line:
+                            mapped.add(line.rsplit(b"/", 1)[-1].strip().decode(errors="replace"))
+            except OSError:
+                continue
+    return mapped
+
+
+def remove_orphan_regions(since: float) -> list[str]:
+    """Remove the Python backend's shared-memory regions created after `since` (a time.time())
+    that no living process maps; their names."""
+    try:
+        names = [n for n in os.listdir(SHM_DIR) if n.startswith(SHM_PREFIX)]
+    except OSError:
+        return []
+    mapped = _mapped_shm()
+    removed = []
+    for name in names:
+        path = os.path.join(SHM_DIR, name)
+        try:
+            if name not in mapped and os.stat(path).st_mtime >= since:
+                os.unlink(path)
+                removed.append(name)
+        except OSError:
+            continue
+    return removed
+
+
 def main(argv: list[str]) -> int:
     if len(argv) < 3 or argv[1] != "--":
         print("usage: reaper.py PIDFILE -- COMMAND [ARGS...]", file=sys.stderr)
@@ -125,6 +166,7 @@ def main(argv: list[str]) -> int:
         signal.signal(sig, on_signal)
     if os.getppid() != parent:  # the starter died before PDEATHSIG was set
         return 1
+    started = time.time() - 1.0
     child = subprocess.Popen(command, process_group=0)
     with open(pidfile + ".part", "w") as f:
         f.write(str(child.pid))
@@ -133,6 +175,7 @@ def main(argv: list[str]) -> int:
         time.sleep(0.2)
     _stop_everything(child, GRACE_SECONDS)
     child.wait()
+    remove_orphan_regions(started)
     return child.returncode if child.returncode >= 0 else 128 - child.returncode
 
 

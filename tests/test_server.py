@@ -82,9 +82,13 @@ def test_sigkilled_tritonserver_leaves_no_process(repositories, tmp_path):
     (repo / "helper" / "1").mkdir(parents=True)
     (repo / "helper" / "config.pbtxt").write_text(HELPER_CONFIG)
     (repo / "helper" / "1" / "model.py").write_text(HELPER_MODEL)
+    shm = Path("/dev/shm")
+    before = {p.name for p in shm.glob("triton_python_backend_shm_region_*")}
     server = EmbeddedServer(repo, log_path=tmp_path / "triton.log").start()
     workers: set[int] = set()
     try:
+        regions = {p.name for p in shm.glob("triton_python_backend_shm_region_*")} - before
+        assert regions, "the Python backend's shared memory is in /dev/shm"
         triton = server.pid
         started = descendants(triton)
         assert len(started) >= 12, "a stub per model instance and the helper's worker"
@@ -93,6 +97,8 @@ def test_sigkilled_tritonserver_leaves_no_process(repositories, tmp_path):
         os.kill(triton, signal.SIGKILL)
         server.process.wait(60)
         assert wait_gone(started | {triton}, 10) == set()
+        # its shared-memory regions would hold memory until reboot
+        assert not [r for r in regions if (shm / r).exists()]
     finally:
         server.stop()
         for p in workers:  # nothing of this test may outlive it, even when it fails
