@@ -137,7 +137,10 @@ def export_profile(profile_dir: str | Path, out_dir: str | Path, names: list[str
     """Export (and check) every model of `names` (default: all) to `out_dir`; write manifest.json."""
     profile_dir, out_dir = Path(profile_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    names = names or list(SPECS)
+    if names is None:  # every model of the profile (one built before SAM was a role has none)
+        names = [n for n, spec in SPECS.items() if (profile_dir / spec.role / "config.json").is_file()]
+        for n in sorted(set(SPECS) - set(names)):
+            log(f"{n}: the profile has no {SPECS[n].role} model (`ssa models --roles {SPECS[n].role}`), skipped")
     unknown = sorted(set(names) - set(SPECS))
     if unknown:
         raise ValueError(f"unknown models {unknown}; models are {', '.join(SPECS)}")

@@ -33,13 +33,15 @@ def torch_models(profile_dir: str | Path, processors: Processors, device: str | 
                  precision: str = "fp32") -> GraphModels:
     """`ssa.engine.TensorModels` with every exported graph run by its PyTorch wrapper on `device`."""
     from export.specs import SPECS
-    from ssa.profiles import load_role_model
+    from ssa.profiles import SAM, load_role_model
 
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     device, dtype = torch.device(device), PRECISIONS[precision]
     roles, fns = {}, {}
     for name, spec in SPECS.items():
+        if spec.role == SAM:  # the mask generator is not a labelling model (ssa.sam_models)
+            continue
         if spec.role not in roles:
             roles[spec.role] = load_role_model(Path(profile_dir) / spec.role, spec.role).eval()
         model = roles[spec.role]

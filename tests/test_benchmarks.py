@@ -106,7 +106,9 @@ def test_soak_benchmark_smoke(tiny_profile, repositories, tmp_path, capsys):
     result = json.loads((out / "result.json").read_text())
     assert code == 0 and result["errors"] == 0 and result["wrong_answers"] == 0 and result["images"] > 0
     assert result["runners"] == 2 and len(result["memory_mib"]) >= 10 and result["memory_peak_mib"] > 100
-    assert [t for t, _ in result["throughput"]] == [5.0, 10.0, 15.0][: len(result["throughput"])]
+    # consecutive 5-s windows from the start to the last answer (requests in flight at the end finish)
+    windows = [t for t, _ in result["throughput"]]
+    assert len(windows) >= 3 and windows == [5.0 * (i + 1) for i in range(len(windows))]
     assert "errors / wrong answers | 0 / 0" in (out / "table.md").read_text()
     assert (out / "soak.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
