@@ -187,6 +187,61 @@ def markdown(result: dict) -> str:
     return head + table
 
 
+def run_sam(profile_dir: Path, loaded: list, device, precisions: list[str], points_per_side: int) -> dict:
+    """SAM's automatic mask generator on each photo: the reference (SamModel, 64 points per decoder
+    call) and the engine path (the exported graphs' wrappers, every point of a crop in one call) per
+    precision; seconds per image, masks, and the engine's masks compared with the reference's."""
+    import torch
+
+    from ssa.params import SamParams
+    from ssa.sam import compare_masks, generate_masks, sa1b_document
+    from ssa.sam_models import TorchSam
+    from ssa.torch_models import torch_sam
+
+    params, clock = SamParams(points_per_side=points_per_side), Clock(device)
+    out: dict = {"points_per_side": points_per_side}
+
+    def run(models, per_call):
+        docs, seconds = [], []
+        reset_peak(device)
+        for _, image, _ in loaded:
+            start = clock()
+            docs.append(sa1b_document(image.shape[:2], "", generate_masks(image, models, params, per_call)))
+            seconds.append(clock() - start)
+        return docs, {"seconds_per_image": sum(seconds) / len(seconds), "masks": [len(d["annotations"]) for d in docs],
+                      "peak_gpu_memory_mib": peak_memory_mib(device)}
+
+    reference = TorchSam.load(profile_dir, device)
+    ref_docs, out["reference"] = run(reference, None)
+    del reference
+    for precision in precisions:
+        models = torch_sam(profile_dir, device, precision)
+        docs, out[precision] = run(models, points_per_side ** 2)
+        counts = [compare_masks(r, d, params) for r, d in zip(ref_docs, docs)]
+        out[precision]["agreement"] = {k: sum(c[k] for c in counts) for k in ("reference", "matched", "near_threshold")}
+        out[precision]["agreement"]["unexplained"] = sum(len(c["unexplained"]) for c in counts)
+        del models
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return out
+
+
+def sam_markdown(sam: dict, precisions: list[str]) -> str:
+    cols = ["reference"] + [f"engine {p}" for p in precisions]
+    runs = [sam["reference"]] + [sam[p] for p in precisions]
+    rows = [("SAM s/image", [f"{r['seconds_per_image']:.2f}" for r in runs]),
+            ("engine / reference", ["1.00x"] + [f"{sam['reference']['seconds_per_image'] / r['seconds_per_image']:.2f}x"
+                                               for r in runs[1:]]),
+            ("masks per image", [", ".join(map(str, r["masks"])) for r in runs]),
+            ("peak GPU memory MiB", [str(r["peak_gpu_memory_mib"]) for r in runs]),
+            ("masks equal / near a threshold / unexplained", [""] + [
+                f"{a['matched']} / {a['near_threshold']} / {a['unexplained']} of {a['reference']}"
+                for a in (sam[p]["agreement"] for p in precisions)])]
+    table = (f"\nSAM's automatic mask generator ({sam['points_per_side']} points per side, segment-anything's "
+             f"thresholds):\n\n| | " + " | ".join(cols) + " |\n" + "|---" * (len(cols) + 1) + "|\n")
+    return table + "".join(f"| {name} | " + " | ".join(vals) + " |\n" for name, vals in rows)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -203,6 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--near_tie_vote", type=float, default=0.02,
                    help="vote margin (share of the mask) under which a CLIPSeg or OneFormer vote is a "
                         "near-tie (default %(default)s)")
+    p.add_argument("--sam", type=int, default=32, metavar="POINTS_PER_SIDE",
+                   help="also time SAM's automatic mask generator (SSA + SAM) at this grid; 0 skips it "
+                        "(default %(default)s, segment-anything's)")
     p.add_argument("--out", type=Path, default=None, help="result folder (default artifacts/bench/device-<device>)")
     return p
 
@@ -266,9 +324,16 @@ def main(argv: list[str] | None = None) -> int:
         "near_tie_thresholds": thresholds,
         "reference": summarise(ref["result"], n_images, n_masks), "engine": engine, "agreement": agree,
     }
+    if args.sam > 0:
+        from ssa.profiles import SAM
+
+        if not (profile_dir / SAM / "config.json").is_file():
+            build_profile(args.profile, profile_dir, roles=(SAM,))
+        print(f"SAM on {device}: reference, then the engine path ...", file=sys.stderr)
+        result["sam"] = run_sam(profile_dir, loaded, device, precisions, args.sam)
     result["elapsed_seconds"] = time.perf_counter() - started
     (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
-    table = markdown(result)
+    table = markdown(result) + (sam_markdown(result["sam"], precisions) if "sam" in result else "")
     (out / "table.md").write_text(table)
     print(table)
     print(f"result: {out / 'result.json'}, {out / 'table.md'}")

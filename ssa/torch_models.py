@@ -49,3 +49,23 @@ def torch_models(profile_dir: str | Path, processors: Processors, device: str | 
         fns[name] = wrapper_function(module, [t.name for t in spec.inputs(model)],
                                      [t.name for t in spec.outputs(model)], dtype)
     return GraphModels(fns, model_metadata(roles), processors, device)
+
+
+def torch_sam(profile_dir: str | Path, device: str | torch.device = "cpu", precision: str = "fp32"):
+    """`ssa.sam.SamModels` with SAM's exported graphs (encoder, point decoder) run by their PyTorch
+    wrappers on `device`: the engine's SAM path without Triton (outputs cast back to fp32)."""
+    from export.specs import SPECS
+    from ssa.profiles import SAM, load_role_model
+    from ssa.sam_models import GraphSam
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    device, dtype = torch.device(device), PRECISIONS[precision]
+    model = load_role_model(Path(profile_dir) / SAM, SAM).eval()
+    fns = {}
+    for name in ("sam_encoder", "sam_decoder"):
+        spec = SPECS[name]
+        module = spec.wrapper(model).eval().to(device=device, dtype=dtype)
+        fn = wrapper_function(module, [t.name for t in spec.inputs(model)], [t.name for t in spec.outputs(model)], dtype)
+        fns[name] = lambda feed, fn=fn: {k: v.float() for k, v in fn(feed).items()}
+    return GraphSam(fns, device)

@@ -77,7 +77,7 @@ def test_device_benchmark_on_the_cpu(tiny_profile, tmp_path, capsys):
 
     out = tmp_path / "device"
     code = device_main(["--device", "cpu", "--precision", "fp32", "--profile", "tiny", "--models_dir",
-                        str(tiny_profile.parent), "--images", "2", "--masks", "4", "--out", str(out)])
+                        str(tiny_profile.parent), "--images", "2", "--masks", "4", "--sam", "8", "--out", str(out)])
     assert code == 0
     result = json.loads((out / "result.json").read_text())
     masks = result["sample"]["masks"]
@@ -91,8 +91,12 @@ def test_device_benchmark_on_the_cpu(tiny_profile, tmp_path, capsys):
     per_mask = engine["transfer_bytes_per_mask"]
     assert per_mask["image"] > 0 and per_mask["masks"] > 0 and 0 < per_mask["beyond_image_and_masks"] <= 200_000
     assert engine["peak_gpu_memory_mib"] is None  # no GPU here
+    sam = result["sam"]  # SSA + SAM: the mask generator, reference and engine path on the device
+    assert sam["reference"]["seconds_per_image"] > 0 and sam["fp32"]["seconds_per_image"] > 0
+    assert sam["fp32"]["agreement"]["unexplained"] == 0
+    assert sam["fp32"]["agreement"]["matched"] == sam["fp32"]["agreement"]["reference"] == sum(sam["reference"]["masks"])
     table = (out / "table.md").read_text()
-    assert "labels equal, not near-ties" in table and table in capsys.readouterr().out
+    assert "labels equal, not near-ties" in table and "SAM s/image" in table and table in capsys.readouterr().out
 
 
 def test_soak_benchmark_smoke(tiny_profile, repositories, tmp_path, capsys):
