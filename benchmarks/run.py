@@ -195,7 +195,8 @@ def ensure_repository(profile: str, models_dir: Path, repository: Path | None) -
 
             print(f"exporting the {profile} profile to ONNX (checked against PyTorch) ...", file=sys.stderr)
             export_profile(profile_dir, export_dir, log=lambda m: print(m, file=sys.stderr))
-        generate_repository(export_dir, profile_dir, repository, "cpu", threads=os.cpu_count() or 2)
+        # labelling only: the figures compare the labelling engine (SAM: python -m benchmarks.sam)
+        generate_repository(export_dir, profile_dir, repository, "cpu", threads=os.cpu_count() or 2, include_sam=False)
     return profile_dir, repository
 
 

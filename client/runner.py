@@ -112,7 +112,7 @@ def failure_of(item: Item, message: str) -> dict[str, str]:
     """
     message = message.removeprefix("invalid input: ")
     for tensor, path in (("image", item.image), ("annotations", item.annotations)):
-        if message.startswith(f"{tensor}: "):
+        if path is not None and message.startswith(f"{tensor}: "):
             return {"file": str(path), "reason": message[len(tensor) + 2:]}
     return {"file": str(item.image), "reason": message}
 
@@ -154,7 +154,7 @@ def write_result(cfg: RunnerConfig, prov: dict, item: Item, payload: Payload, la
         from ssa.sa1b import decode_annotations
 
         image = decode_image(payload.image, item.image)
-        masks = decode_annotations(payload.document, image.shape[:2], item.annotations).masks
+        masks = decode_annotations(payload.document, image.shape[:2], payload.source).masks
     write_outputs(cfg.out_dir, item.stem, document, image, masks)
 
 
@@ -370,6 +370,7 @@ class Run:
         text = json.dumps(document).encode("utf-8")
         await asyncio.to_thread(write_bytes_atomic, generated_path(self.cfg, item), text)
         payload.document, payload.document_bytes = document, text
+        payload.source = generated_path(self.cfg, item)
         return result
 
     async def process(self, server: Server, item: Item) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 import warnings
 from pathlib import Path
@@ -96,6 +97,9 @@ def _to_one_data_file(path: Path) -> None:
     data.unlink(missing_ok=True)
     onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                     location=data.name, size_threshold=1024)
+    from ssa.sa1b import file_mode
+
+    os.chmod(data, file_mode())  # onnx writes it 0600: unreadable to a server running as another user
     for f in stale:
         if f != data:
             f.unlink(missing_ok=True)

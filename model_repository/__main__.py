@@ -25,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--engine_instances", type=int, default=0,
                    help="ssa_engine instances (default 0: 1 on the cpu target, 2 on the gpu target, so one "
                         "image's host work overlaps another's models)")
+    g.add_argument("--no_sam", action="store_true",
+                   help="leave SAM's models out (a labelling-only server; images then need their JSON)")
     g.add_argument("--overlap", choices=("auto", "on", "off"), default="auto",
                    help="ssa_engine runs the image stage's sub-requests together and two images of a batch "
                         "interleaved (auto: on for gpu, off for cpu, where the models already use every core)")
@@ -39,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out or Path("artifacts/repository") / f"{args.profile}-{args.target}"
         try:
             generate_repository(onnx_dir, args.models_dir / args.profile, out, args.target, args.threads,
-                                args.engine_instances, overlap={"auto": None, "on": True, "off": False}[args.overlap])
+                                args.engine_instances, overlap={"auto": None, "on": True, "off": False}[args.overlap],
+                                include_sam=not args.no_sam)
         except FileNotFoundError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

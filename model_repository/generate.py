@@ -114,9 +114,12 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 def generate_repository(export_dir: str | Path, profile_dir: str | Path, out_dir: str | Path, target: str = "cpu",
                         threads: int = 2, engine_instances: int = 0, params: EngineParams = EngineParams(),
-                        overlap: bool | None = None, sam_params: SamParams = SamParams()) -> Path:
+                        overlap: bool | None = None, sam_params: SamParams = SamParams(),
+                        include_sam: bool = True) -> Path:
     """Write the repository to `out_dir` (replacing it); returns out_dir. engine_instances 0 and
-    overlap None take the target's defaults (ENGINE_INSTANCES, OVERLAP)."""
+    overlap None take the target's defaults (ENGINE_INSTANCES, OVERLAP). SAM's models are served
+    when the export has them, unless `include_sam` is False (a labelling-only server: SAM ViT-H
+    alone holds 2.5 GB)."""
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; targets are {', '.join(TARGETS)}")
     export_dir, profile_dir, out_dir = Path(export_dir), Path(profile_dir), Path(out_dir)
@@ -133,7 +136,7 @@ def generate_repository(export_dir: str | Path, profile_dir: str | Path, out_dir
     cpu = "KIND_CPU"
     gpu = "KIND_GPU" if target == "gpu" else cpu
 
-    sam = all(m in manifest["models"] for m in SAM_COMPUTE)
+    sam = include_sam and all(m in manifest["models"] for m in SAM_COMPUTE)
     for name in COMPUTE + (SAM_COMPUTE if sam else ()):
         spec = manifest["models"][name]
         version = out_dir / name / "1"
