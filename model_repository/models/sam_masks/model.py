@@ -28,10 +28,15 @@ class SubModelError(RuntimeError):
     pass
 
 
-def _function(model: str, outputs: list[str]):
+def _function(model: str, outputs: list[str], device: torch.device):
+    """A BLS sub-request as a tensor function; outputs asked for in this instance's memory (the GPU
+    on a GPU node), so the decoder's mask logits are filtered where they were made."""
+    kind = pb_utils.TRITONSERVER_MEMORY_GPU if device.type == "cuda" else pb_utils.TRITONSERVER_MEMORY_CPU
+    memory = pb_utils.PreferredMemory(kind, device.index or 0)
+
     def run(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         request = pb_utils.InferenceRequest(
-            model_name=model, requested_output_names=outputs,
+            model_name=model, requested_output_names=outputs, preferred_memory=memory,
             inputs=[pb_utils.Tensor.from_dlpack(n, v.contiguous()) for n, v in inputs.items()])
         response = request.exec()
         if response.has_error():
@@ -71,8 +76,9 @@ class TritonPythonModel:
             torch.cuda.set_device(device)
         else:
             device = torch.device("cpu")
-        self.models = GraphSam({"sam_encoder": _function("sam_encoder", ["image_embeddings"]),
-                                "sam_decoder": _function("sam_decoder", ["iou_scores", "low_res_masks"])}, device)
+        self.models = GraphSam({"sam_encoder": _function("sam_encoder", ["image_embeddings"], device),
+                                "sam_decoder": _function("sam_decoder", ["iou_scores", "low_res_masks"], device)},
+                               device)
         self.defaults = SamParams(**json.loads(params.get("sam_params", "{}")))
         self.points_per_request = int(params.get("points_per_request", "1024"))
 
