@@ -24,9 +24,42 @@ def bounds_text(name: str) -> str:
     return f"{low}..{high}"
 
 
+class _Bounded:
+    """A frozen dataclass of numbers, each within `BOUNDS` (its type that of its default)."""
+
+    BOUNDS: dict[str, tuple[float, float]] = {}
+    WHAT = "parameter"
+
+    def __post_init__(self) -> None:
+        for name, (low, high) in self.BOUNDS.items():
+            value = getattr(self, name)
+            whole = isinstance(getattr(type(self), name), int)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or (whole and not isinstance(value, int)):
+                raise ValueError(f"{name} must be {'an integer' if whole else 'a number'}, got {value!r}")
+            if not low <= value <= high:  # NaN fails too
+                raise ValueError(f"{name} must be between {low} and {high}, got {value}")
+
+    @classmethod
+    def from_dict(cls, values: object, base=None):
+        """From a JSON object (a request's parameters) over `base` (default: the defaults);
+        ValueError naming the unknown or out-of-range field."""
+        if not isinstance(values, dict):
+            raise ValueError(f"{cls.WHAT}s must be a JSON object, got {type(values).__name__}")
+        unknown = sorted(set(values) - set(cls.BOUNDS))
+        if unknown:
+            raise ValueError(f"unknown {cls.WHAT}(s) {', '.join(map(str, unknown))}; known: "
+                             f"{', '.join(sorted(cls.BOUNDS))}")
+        return cls(**{**(base or cls()).to_dict(), **values})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
 @dataclass(frozen=True)
-class EngineParams:
+class EngineParams(_Bounded):
     """Parameters of the algorithm (the published engine's defaults)."""
+
+    BOUNDS = PARAM_BOUNDS
 
     top_k: int = 3
     scale_small: float = 1.2  # CLIP crop
@@ -35,30 +68,6 @@ class EngineParams:
     caption_max_length: int = 20  # tokens including the decoder start token (HF generate's default)
     clipseg_size: int = 512  # CLIPSeg input side after the bilinear resize
     batch_size: int = 32  # masks per model call
-
-    def __post_init__(self) -> None:
-        for name, (low, high) in PARAM_BOUNDS.items():
-            value = getattr(self, name)
-            kind = int if isinstance(getattr(EngineParams, name), int) else float
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
-                raise ValueError(f"{name} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
-            if not low <= value <= high:  # NaN fails too
-                raise ValueError(f"{name} must be between {low} and {high}, got {value}")
-
-    @classmethod
-    def from_dict(cls, values: object, base: EngineParams | None = None) -> EngineParams:
-        """Parameters from a JSON object (a request's params) over `base`; ValueError naming the
-        unknown or out-of-range field."""
-        if not isinstance(values, dict):
-            raise ValueError(f"params must be a JSON object, got {type(values).__name__}")
-        known = set(PARAM_BOUNDS)
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown parameter(s) {', '.join(map(str, unknown))}; known: {', '.join(sorted(known))}")
-        return cls(**{**(base or cls()).to_dict(), **values})
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 SAM_BOUNDS: dict[str, tuple[float, float]] = {
@@ -78,9 +87,12 @@ SAM_BOUNDS: dict[str, tuple[float, float]] = {
 
 
 @dataclass(frozen=True)
-class SamParams:
+class SamParams(_Bounded):
     """SAM's automatic mask generator's parameters: segment-anything's SamAutomaticMaskGenerator
     names and defaults (ssa.sam)."""
+
+    BOUNDS = SAM_BOUNDS
+    WHAT = "SAM parameter"
 
     points_per_side: int = 32
     points_per_batch: int = 64  # points decoded per model call (the reference; Triton sends all of a crop)
@@ -94,28 +106,6 @@ class SamParams:
     crop_n_points_downscale_factor: int = 1
     min_mask_region_area: int = 0
     mask_threshold: float = 0.0
-
-    def __post_init__(self) -> None:
-        for name, (low, high) in SAM_BOUNDS.items():
-            value = getattr(self, name)
-            kind = int if isinstance(getattr(SamParams, name), int) else float
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
-                raise ValueError(f"{name} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
-            if not low <= value <= high:
-                raise ValueError(f"{name} must be between {low} and {high}, got {value}")
-
-    @classmethod
-    def from_dict(cls, values: object, base: SamParams | None = None) -> SamParams:
-        if not isinstance(values, dict):
-            raise ValueError(f"sam params must be a JSON object, got {type(values).__name__}")
-        unknown = sorted(set(values) - set(SAM_BOUNDS))
-        if unknown:
-            raise ValueError(f"unknown SAM parameter(s) {', '.join(map(str, unknown))}; known: "
-                             f"{', '.join(sorted(SAM_BOUNDS))}")
-        return cls(**{**(base or cls()).to_dict(), **values})
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass

@@ -97,7 +97,7 @@ def test_client_faults_are_invalid_arg_over_grpc_and_http(example_dir, server, g
         "top_k not an integer": (image, document, b'{"top_k": "3"}', "top_k must be an integer"),
         "unknown parameter": (image, document, b'{"topk": 3}', "unknown parameter(s) topk"),
         "params not JSON": (image, document, b"top_k=3", "invalid params"),
-        "params not an object": (image, document, b"[3]", "params must be a JSON object"),
+        "params not an object": (image, document, b"[3]", "parameters must be a JSON object"),
         "clipseg side": (image, document, b'{"clipseg_size": 256}', "clipseg_size is fixed at 512"),
         "corrupt image": (b"not an image", document, None, "unreadable image"),
         "empty image": (b"", document, None, "image file is empty"),
