@@ -22,4 +22,6 @@ DATA=${PHOTOS:-artifacts/examples}
 OUT="artifacts/out/$PROFILE${PHOTOS:+-photos}"
 ssa annotate --embedded "artifacts/repository/$PROFILE-cpu" --data "$DATA" --out_dir "$OUT" --save_img
 ssa coco --semantic_dir "$OUT" --out "$OUT.coco.json"
-echo "outputs: $OUT/*_semantic.json and *_semantic.png${PHOTOS:+ (SAM's masks: $OUT/<stem>.json)}; COCO: $OUT.coco.json"
+SAM_NOTE=""
+[ -z "${PHOTOS:-}" ] || SAM_NOTE=" (masks made by SAM: $OUT/<stem>.json)"
+echo "outputs: $OUT/*_semantic.json and *_semantic.png$SAM_NOTE; COCO: $OUT.coco.json"
