@@ -23,7 +23,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ssa.errors import InputError
 from ssa.params import SamParams
 
 SAM_SIDE = 1024  # SAM's input side: the longest image side is resized to it, the rest padded
@@ -151,14 +150,13 @@ def remove_small_regions(mask: np.ndarray, area: int, mode: str) -> tuple[np.nda
     if n == 0:
         return mask, False
     sizes = np.bincount(labels.ravel())[1:]
-    small = [i + 1 for i, s in enumerate(sizes) if s < area]
-    if not small:
+    small = np.flatnonzero(sizes < area) + 1  # labels of the regions below `area`
+    if small.size == 0:
         return mask, False
-    fill = [0] + small
-    if mode == "islands":
-        keep = [i for i in range(1, n + 1) if i not in small] or [int(np.argmax(sizes)) + 1]
-        return np.isin(labels, keep), True
-    return ~np.isin(labels, [i for i in range(n + 1) if i not in fill]), True
+    if mode == "islands":  # keep the large islands (the largest one when every island is small)
+        large = np.flatnonzero(sizes >= area) + 1
+        return np.isin(labels, large if large.size else [int(np.argmax(sizes)) + 1]), True
+    return mask | np.isin(labels, small), True  # holes: the mask plus its small holes
 
 
 # ---------------------------------------------------------------- one image
@@ -228,9 +226,7 @@ def generate_masks(image: np.ndarray, models: SamModels, params: SamParams = Sam
     from pycocotools import mask as mask_utils
 
     h, w = image.shape[:2]
-    if params.points_per_side < 1:
-        raise InputError("points_per_side must be at least 1")
-    grids = [point_grid(int(params.points_per_side / params.crop_n_points_downscale_factor ** i))
+    grids = [point_grid(max(1, int(params.points_per_side / params.crop_n_points_downscale_factor ** i)))
              for i in range(params.crop_n_layers + 1)]
     boxes, layers = crop_boxes((h, w), params.crop_n_layers, params.crop_overlap_ratio)
     kept: list[CropMasks] = []

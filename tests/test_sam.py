@@ -224,3 +224,15 @@ def test_plain_folder_resumes_after_a_kill(server, photos, tmp_path):
             other = json.loads((out / f"c{k}_{p.stem}_semantic.json").read_text())
             assert [a["segmentation"] for a in other["annotations"]] == [a["segmentation"] for a in first_doc["annotations"]]
             assert [a["class_name"] for a in other["annotations"]] == [a["class_name"] for a in first_doc["annotations"]]
+
+
+def test_deeper_crop_layers_keep_at_least_one_point(torch_sam, example_dir):
+    """points_per_side 1 shrunk by a factor 8 per layer is still one point (not a zero-point grid
+    that divides by zero)."""
+    from ssa.images import load_image
+    from ssa.sam import generate_masks
+
+    image = load_image(example_dir / "sa_1.jpg")
+    params = SamParams(points_per_side=1, crop_n_layers=1, crop_n_points_downscale_factor=8)
+    for ann in generate_masks(image, torch_sam, params):
+        assert ann["crop_box"][2] > 0 and ann["area"] > 0
