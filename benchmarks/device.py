@@ -94,13 +94,12 @@ def agreement(reference: dict, engine: dict, thresholds: dict) -> dict:
 
 def run_reference(profile_dir: Path, loaded: list, device, nlp) -> dict:
     from ssa.reference import TorchModels, annotate_image
-    from ssa.sa1b import MaskSet
     from ssa.timing import StageTimer
 
     clock = Clock(device)
     models = TorchModels.load(profile_dir, device=str(device))
     stem, image, masks = loaded[0]
-    annotate_image(image, MaskSet(masks.masks[:2], masks.bboxes[:2]), models, nlp=nlp)  # warm-up
+    annotate_image(image, masks.subset(range(2)), models, nlp=nlp)  # warm-up
     reset_peak(device)
     timer, labels, seconds = StageTimer(), {}, {}
     for stem, image, masks in loaded:

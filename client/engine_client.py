@@ -13,6 +13,7 @@ from ssa.vocabulary import Vocabulary
 
 MODEL = "ssa_engine"
 SAM_MODEL = "sam_masks"
+HEALTH_MODEL = "ssa_health"  # answers at once: every Python model's stub alive, or UNAVAILABLE
 
 
 class EngineRequestError(RuntimeError):
@@ -45,6 +46,11 @@ def build_inputs(image_bytes: bytes, document_bytes: bytes, params: EngineParams
         t.set_data_from_numpy(np.array([[value]], dtype=object))
         inputs.append(t)
     return inputs
+
+
+def health_inputs():
+    """An `ssa_health` request (its one input is optional; tritonclient sends none)."""
+    return []
 
 
 def sam_inputs(image_bytes: bytes, params: bytes | None = None):

@@ -8,13 +8,19 @@
 - Faults: a server that is unreachable or restarting is retried with backoff until it has been
   down `retry_limit` seconds; then its work goes to the other servers, and when none is left the
   run stops with a clear message (exit status 3). A bad file is recorded in the failures file
-  with the reason and the run goes on.
+  with the reason and the run goes on; so is an image the server refuses as too large for it.
+- A dead model process ("Stub process ... is not healthy": the OOM killer, a segfault) is the
+  server's fault, not the image's: the image is retried once the server is healthy again. A server
+  the runner started (`--embedded`) is restarted; another server is probed (`ssa_health`, which
+  reloads the dead model) with backoff, and given up like an unreachable one if it stays
+  unhealthy. Only an image on which a model process dies twice is failed (it may be what kills it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sys
 import time
 from collections import deque
@@ -25,9 +31,11 @@ from pathlib import Path, PurePosixPath
 from tqdm import tqdm
 
 from client.engine_client import (
+    HEALTH_MODEL,
     MODEL,
     SAM_MODEL,
     build_inputs,
+    health_inputs,
     image_id,
     params_bytes,
     parse_result,
@@ -57,6 +65,10 @@ TRANSIENT_STATUS = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "UNKNOWN", 
 TRANSIENT_TEXT = ("stub process", "is not healthy", "not ready", "unknown model", "failed to connect",
                   "connection reset", "socket closed", "is not found", "unavailable")
 MAX_STRIKES = 3  # transient failures of one image on a server that stays up before the image is failed
+MAX_DEATHS = 2  # model processes dead on one image before the image is failed (it may be what kills them)
+# Triton's Python backend when a model's stub process is gone (python_backend stub_launcher.cc, python_be.cc)
+DEAD_STUB = re.compile(r"Stub process '(?P<instance>[^']+)' is not healthy|Stub process is not healthy|"
+                       r"Failed to obtain the health mutex")
 EXIT_FAILURES, EXIT_MISMATCH, EXIT_SERVERS_DOWN = 1, 2, 3
 FAILED, GIVEN_UP = object(), object()  # outcomes of a request other than its result
 
@@ -81,9 +93,12 @@ class RunnerConfig:
     shard: Shard = field(default_factory=Shard)
     save_img: bool = False
     overwrite: bool = False
-    retry_limit: float = 300.0  # seconds a server may stay unreachable before it is given up
+    retry_limit: float = 300.0  # seconds a server may stay unreachable (or unhealthy) before it is given up
     request_timeout: float | None = None  # seconds; None waits as long as the server works
     progress: bool = True
+    # servers this runner started (url -> an `EmbeddedServer`: alive(), restart()): restarted when
+    # they die or a model process of theirs does
+    owned: dict = field(default_factory=dict)
 
 
 def _status(exc) -> str:
@@ -102,6 +117,15 @@ def is_transient(exc) -> bool:
     if _status(exc) == "INVALID_ARGUMENT" or text.startswith("invalid input:"):  # the request's own fault
         return False
     return _status(exc) in TRANSIENT_STATUS or any(t in text.lower() for t in TRANSIENT_TEXT)
+
+
+def dead_models(exc) -> list[str] | None:
+    """The models whose stub process died, from a failed request's message ([] when it names no
+    instance); None when the failure is not a dead model process."""
+    found = [m["instance"] for m in DEAD_STUB.finditer(error_text(exc))]
+    if not found:
+        return None
+    return sorted({re.sub(r"_\d+_\d+$", "", name) for name in found if name})
 
 
 def failure_of(item: Item, message: str) -> dict[str, str]:
@@ -154,14 +178,14 @@ def write_result(cfg: RunnerConfig, prov: dict, item: Item, payload: Payload, la
         from ssa.sa1b import decode_annotations
 
         image = decode_image(payload.image, item.image)
-        masks = decode_annotations(payload.document, image.shape[:2], payload.source).masks
+        masks = decode_annotations(payload.document, image.shape[:2], payload.source)
     write_outputs(cfg.out_dir, item.stem, document, image, masks)
 
 
 class Server:
     """One server's client and its health: when it went down, how long to wait next."""
 
-    def __init__(self, url: str, retry_limit: float):
+    def __init__(self, url: str, retry_limit: float, owner=None):
         import tritonclient.grpc.aio as grpcclient
 
         self.url = url
@@ -171,6 +195,10 @@ class Server:
         self.delay = 0.5
         self.given_up = False
         self.has_sam = False  # serves sam_masks (masks for images without annotations)
+        self.has_health = False  # serves ssa_health (stub liveness; reloads dead models)
+        self.owner = owner  # the EmbeddedServer this runner started, or None
+        self.recovering = asyncio.Lock()  # one recovery at a time, however many requests saw the fault
+        self.recoveries = 0
 
     def up(self) -> None:
         self.down_since, self.delay = None, 0.5
@@ -191,10 +219,48 @@ class Server:
         return True
 
     async def ready_now(self) -> bool:
+        """Ready to serve: `ssa_engine` ready and, where the server has `ssa_health`, every Python
+        model's stub process alive (Triton keeps a model "ready" after its stub died)."""
         try:
-            return bool(await self.client.is_model_ready(MODEL, client_timeout=5))
+            if not await self.client.is_model_ready(MODEL, client_timeout=5):
+                return False
+            if self.has_health:
+                await self.client.infer(HEALTH_MODEL, health_inputs(), client_timeout=30)
+            return True
         except Exception:
             return False
+
+    async def recover(self, models: list[str], reason: str) -> bool:
+        """Bring the server back after a model process died (or the server itself, when this runner
+        owns it); False when it stayed unhealthy past the retry limit (then it is given up). The
+        `ssa_health` probe reloads dead models; a server without it is asked to reload them
+        (explicit model control); a server this runner owns is restarted when it is gone or cannot
+        be healed that way. Retried with backoff."""
+        async with self.recovering:
+            if await self.ready_now():  # another request's recovery already brought it back
+                return True
+            what = ", ".join(models) or "the server"
+            tqdm.write(f"server {self.url}: {what} cannot serve ({reason.splitlines()[0]}); recovering")
+            self.recoveries += 1
+            if self.owner is not None and (not self.owner.alive() or not self.has_health):
+                await asyncio.to_thread(self.owner.restart)
+                tqdm.write(f"server {self.url}: restarted")
+            elif not self.has_health:
+                for model in models:
+                    try:  # a plain load of a loaded model does nothing: unload it first
+                        await self.client.unload_model(model)
+                        await self.client.load_model(model)
+                    except Exception as exc:  # not in explicit model control: wait for someone to restart it
+                        tqdm.write(f"server {self.url}: cannot reload {model} ({error_text(exc).splitlines()[0]})")
+            while not await self.ready_now():
+                if self.owner is not None and not self.owner.alive():
+                    await asyncio.to_thread(self.owner.restart)
+                    continue
+                if not await self.wait_after_failure(f"{what} cannot serve"):
+                    return False
+            self.up()
+            tqdm.write(f"server {self.url}: serving again")
+            return True
 
     async def wait_ready(self) -> None:
         """Wait until the server and `ssa_engine` are ready (it may be starting); ServersUnavailable
@@ -225,6 +291,10 @@ class Server:
             self.has_sam = bool(await self.client.is_model_ready(SAM_MODEL))
         except Exception:  # not in this repository
             self.has_sam = False
+        try:
+            self.has_health = bool(await self.client.is_model_ready(HEALTH_MODEL))
+        except Exception:  # a repository of an earlier version
+            self.has_health = False
         config = (await self.client.get_model_config(MODEL, as_json=True))["config"]
         params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
         profile = json.loads(params["profile_json"]) if params.get("profile_json") else {"profile": params.get("profile")}
@@ -332,7 +402,7 @@ class Run:
     async def request(self, server: Server, item: Item, model: str, inputs) -> object:
         """`model`'s result for `item`, retried while the server is down or restarting; FAILED when
         the item failed (recorded), GIVEN_UP when the server was given up (the item handed back)."""
-        strikes = 0
+        strikes = deaths = 0
         while True:
             try:
                 result = await server.client.infer(model, inputs, client_timeout=self.cfg.request_timeout)
@@ -340,6 +410,20 @@ class Run:
                 return result
             except Exception as exc:
                 message = error_text(exc)
+                dead = dead_models(exc)
+                if dead is None and server.owner is not None and not server.owner.alive():
+                    dead = []  # the server this runner started is gone: restart it
+                if dead is not None:
+                    deaths += 1
+                    if deaths > MAX_DEATHS:
+                        self.fail({"file": str(item.image), "reason": f"a model process of the server died "
+                                   f"{deaths} times on this image (it may need more memory than the server "
+                                   f"has): {message.splitlines()[0]}"})
+                        return FAILED
+                    if not await server.recover(dead, message):
+                        self.returned.append(item)
+                        return GIVEN_UP
+                    continue
                 if not is_transient(exc):
                     self.fail(failure_of(item, message))
                     return FAILED
@@ -404,7 +488,7 @@ class Run:
 
     async def run(self) -> RunSummary:
         cfg = self.cfg
-        servers = [Server(url, cfg.retry_limit) for url in cfg.urls]
+        servers = [Server(url, cfg.retry_limit, cfg.owned.get(url)) for url in cfg.urls]
         try:
             infos = await self._check(servers)
             self.prov = provenance(ENGINE_NAME, infos[0]["profile"], cfg.params, cfg.vocabulary)

@@ -30,6 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--overlap", choices=("auto", "on", "off"), default="auto",
                    help="ssa_engine runs the image stage's sub-requests together and two images of a batch "
                         "interleaved (auto: on for gpu, off for cpu, where the models already use every core)")
+    for key, what in (("max_masks", "masks per image"), ("max_image_pixels", "image pixels"),
+                      ("memory_budget_mb", "MiB per image in progress")):
+        g.add_argument(f"--{key}", default="auto", metavar="N|auto",
+                       help=f"ssa_engine refuses requests over this many {what} (INVALID_ARG, the run goes on); "
+                            "auto: derived when the server starts from its memory and the engine's memory bound")
     s = sub.add_parser("serve", help="start the embedded tritonserver on 127.0.0.1 until Ctrl-C")
     s.add_argument("--repository", type=Path, required=True)
     s.add_argument("--grpc_port", type=int, default=8001)
@@ -42,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             generate_repository(onnx_dir, args.models_dir / args.profile, out, args.target, args.threads,
                                 args.engine_instances, overlap={"auto": None, "on": True, "off": False}[args.overlap],
-                                include_sam=not args.no_sam)
+                                include_sam=not args.no_sam,
+                                limits={k: getattr(args, k) for k in ("max_masks", "max_image_pixels", "memory_budget_mb")})
         except FileNotFoundError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

@@ -43,6 +43,8 @@ ENGINE_INSTANCES = {"cpu": 1, "gpu": 2}
 # request batch interleaved, so one image's host work runs while another's models run. On by
 # default on a GPU; off on the CPU, where each model already uses every core (measured: slower)
 OVERLAP = {"cpu": False, "gpu": True}
+# ssa_engine's request limits (ssa.limits.ServerLimits): "auto" derives each from the instance's memory
+LIMIT_KEYS = ("max_masks", "max_image_pixels", "memory_budget_mb")
 TRITON_TYPE = {"FP32": "TYPE_FP32", "INT64": "TYPE_INT64", "INT32": "TYPE_INT32", "STRING": "TYPE_STRING"}
 
 
@@ -104,6 +106,11 @@ SAM_INPUTS = [{"name": "image", "dtype": "STRING", "dims": [1]}, {"name": "param
 SAM_OUTPUTS = [{"name": "annotations", "dtype": "STRING", "dims": [1]}]
 
 
+# ssa_health: the probe that tells whether every Python model's stub is alive (and reloads dead ones)
+HEALTH_INPUTS = [{"name": "probe", "dtype": "INT32", "dims": [1]}]
+HEALTH_OUTPUTS = [{"name": "status", "dtype": "STRING", "dims": [1]}]
+
+
 def _link_or_copy(src: Path, dst: Path) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -115,11 +122,13 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 def generate_repository(export_dir: str | Path, profile_dir: str | Path, out_dir: str | Path, target: str = "cpu",
                         threads: int = 2, engine_instances: int = 0, params: EngineParams = EngineParams(),
                         overlap: bool | None = None, sam_params: SamParams = SamParams(),
-                        include_sam: bool = True) -> Path:
+                        include_sam: bool = True, limits: dict[str, str] | None = None) -> Path:
     """Write the repository to `out_dir` (replacing it); returns out_dir. engine_instances 0 and
     overlap None take the target's defaults (ENGINE_INSTANCES, OVERLAP). SAM's models are served
     when the export has them, unless `include_sam` is False (a labelling-only server: SAM ViT-H
-    alone holds 2.5 GB)."""
+    alone holds 2.5 GB). limits: ssa_engine's request limits, "max_masks", "max_image_pixels" and
+    "memory_budget_mb", each a number or "auto" (the default: derived at start from the instance's
+    memory and the engine's memory bound, `ssa.limits`)."""
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; targets are {', '.join(TARGETS)}")
     export_dir, profile_dir, out_dir = Path(export_dir), Path(profile_dir), Path(out_dir)
@@ -190,6 +199,7 @@ def generate_repository(export_dir: str | Path, profile_dir: str | Path, out_dir
                 "images_in_progress": "2" if overlap else "1",
                 "concurrent_image_stage": "1" if overlap else "0",
                 "sub_max_batch_size": str(ROWS_PER_REQUEST[target]),
+                **{key: str((limits or {}).get(key, "auto")) for key in LIMIT_KEYS},
                 "engine_params": json.dumps(params.to_dict()).replace('"', '\\"'),
                 "profile": manifest["profile"].get("profile", ""),
                 "profile_json": json.dumps(manifest["profile"], sort_keys=True).replace('"', '\\"'),
@@ -203,5 +213,11 @@ def generate_repository(export_dir: str | Path, profile_dir: str | Path, out_dir
             params={"device": "cuda" if target == "gpu" else "cpu", **device_tensors,
                     "points_per_request": str(SAM_POINTS_PER_REQUEST[target]),
                     "sam_params": json.dumps(sam_params.to_dict()).replace('"', '\\"')}))
+    version = out_dir / "ssa_health" / "1"
+    version.mkdir(parents=True)
+    shutil.copy2(MODELS_SRC / "ssa_health" / "model.py", version / "model.py")
+    (out_dir / "ssa_health" / "config.pbtxt").write_text(model_config(
+        "ssa_health", HEALTH_INPUTS, HEALTH_OUTPUTS, 0, 'backend: "python"', "KIND_CPU", optional=("probe",),
+        params={"heal": "1"}))
     (out_dir / "manifest.json").write_text(json.dumps({"target": target, "export": manifest}, indent=2) + "\n")
     return out_dir

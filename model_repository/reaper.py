@@ -14,7 +14,10 @@ memory and shared-memory regions. This small supervisor, started by `EmbeddedSer
   regions that it created and nobody maps any more (a killed server leaves them in /dev/shm,
   where they hold memory until reboot), then exits with tritonserver's status;
 - on SIGTERM/SIGINT, or when the process that started it dies (PR_SET_PDEATHSIG), stops
-  tritonserver the same way.
+  tritonserver the same way;
+- when it is itself SIGKILLed (nothing of its own then runs), tritonserver gets SIGTERM from the
+  kernel (its PR_SET_PDEATHSIG, set before exec), shuts down and stops its stubs, which also
+  leave by themselves once their parent is gone (each checks every 300 ms).
 
 It imports nothing but the standard library: it must start and stay small whatever the
 environment.
@@ -167,7 +170,10 @@ def main(argv: list[str]) -> int:
     if os.getppid() != parent:  # the starter died before PDEATHSIG was set
         return 1
     started = time.time() - 1.0
-    child = subprocess.Popen(command, process_group=0)
+    # the parent-death signal is set in the child before exec, from this (single-threaded) process,
+    # so it fires only when the reaper dies
+    child = subprocess.Popen(command, process_group=0,
+                             preexec_fn=lambda: _prctl(PR_SET_PDEATHSIG, signal.SIGTERM))
     with open(pidfile + ".part", "w") as f:
         f.write(str(child.pid))
     os.replace(pidfile + ".part", pidfile)

@@ -3,7 +3,8 @@ backend only), started on 127.0.0.1 with a generated repository, no Docker neede
 
 tritonserver runs under `reaper.py`, so when it ends for any reason (stopped, crashed, SIGKILLed
 by the OOM killer, or the process that started it gone) the Python-backend stubs it started end
-with it."""
+with it; and it ends when the reaper itself is killed. It runs with explicit model control, so a
+model whose stub process died can be reloaded (`ssa_health` does it)."""
 
 from __future__ import annotations
 
@@ -82,6 +83,7 @@ class EmbeddedServer:
                 f"--grpc-port={self.grpc_port}", f"--http-port={self.http_port}", "--grpc-address=127.0.0.1",
                 "--http-address=127.0.0.1", "--allow-metrics=false", "--allow-gpu-metrics=false",
                 "--strict-readiness=true", "--exit-on-error=true", f"--log-verbose={self.verbose}",
+                "--model-control-mode=explicit", "--load-model=*",
                 "--backend-config=python,shm-default-byte-size=67108864",
                 "--backend-config=python,shm-growth-byte-size=67108864"]
 
@@ -114,20 +116,39 @@ class EmbeddedServer:
         except (OSError, ValueError):
             return None
 
-    def wait_ready(self) -> None:
+    def alive(self) -> bool:
+        """Whether tritonserver (under its reaper) is still running."""
+        return self.process is not None and self.process.poll() is None
+
+    def healthy(self) -> bool:
+        """Ready, and every Python model's stub alive (`ssa_health`, where the repository has it)."""
         import tritonclient.grpc as grpcclient
 
-        client = grpcclient.InferenceServerClient(self.url)
+        from client.engine_client import HEALTH_MODEL, health_inputs
+
+        try:
+            with grpcclient.InferenceServerClient(self.url) as client:
+                if not (client.is_server_ready() and client.is_model_ready("ssa_engine")):
+                    return False
+                if (self.repository / HEALTH_MODEL / "config.pbtxt").is_file():
+                    client.infer(HEALTH_MODEL, health_inputs(), client_timeout=30)
+                return True
+        except Exception:  # not listening yet, or a model that cannot serve
+            return False
+
+    def restart(self) -> None:
+        """Stop everything the server started and start it again on the same ports."""
+        self.stop()
+        self.start()
+
+    def wait_ready(self) -> None:
         deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise ServerError(f"tritonserver exited with status {self.process.returncode} while starting; "
                                   f"log {self.log_path}:\n{self.log_tail()}")
-            try:
-                if client.is_server_ready() and client.is_model_ready("ssa_engine"):
-                    return
-            except Exception:  # not listening yet
-                pass
+            if self.healthy():
+                return
             time.sleep(0.5)
         self.stop()
         raise ServerError(f"tritonserver not ready after {self.ready_timeout:.0f}s; log {self.log_path}:\n{self.log_tail()}")

@@ -179,7 +179,8 @@ def cmd_annotate(args: argparse.Namespace) -> int:
             if args.url:
                 raise ValueError("--embedded starts its own server: give --url or --embedded, not both")
             print(f"starting the embedded tritonserver with {args.embedded} ...", file=sys.stderr)
-            cfg.urls = [stack.enter_context(EmbeddedServer(args.embedded)).url]
+            server = stack.enter_context(EmbeddedServer(args.embedded))
+            cfg.urls, cfg.owned = [server.url], {server.url: server}  # restarted if it or a model dies
         summary, stop = annotate_dataset(cfg, listings(args.data))
     if args.summary:
         from ssa.sa1b import write_json_atomic

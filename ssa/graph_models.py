@@ -13,11 +13,13 @@ from collections.abc import Callable, Sequence
 import torch
 
 from ssa.decoding import greedy_decode
-from ssa.engine import DATASETS, ImageInputs, ImageOutputs
+from ssa.engine import DATASETS, ChunkInputs, ChunkOutputs
 from ssa.preprocess import Processors
 from ssa.text_cache import TextEmbeddingCache, prompt_matrix
 
 TensorFn = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
+# names per text-encoder call at most (a vocabulary of 10,000 names is encoded in chunks)
+TEXT_ROWS = 256
 
 
 def model_metadata(models: dict) -> dict:
@@ -98,7 +100,7 @@ class GraphModels:
         def encode(input_ids, attention_mask):
             ids = to_device(input_ids, self.device, "text_tokens")
             mask = to_device(attention_mask, self.device, "text_tokens")
-            return self.run(model, input_ids=ids, attention_mask=mask)[output]
+            return self.run(model, TEXT_ROWS, input_ids=ids, attention_mask=mask)[output]
 
         return encode
 
@@ -119,11 +121,12 @@ class GraphModels:
     def clip_image(self, pixel_values: torch.Tensor, rows: int | None = None) -> torch.Tensor:
         return self.run("clip_image", rows, pixel_values=pixel_values)["image_embeds"]
 
-    def image_stage(self, inputs: ImageInputs) -> ImageOutputs:
-        return ImageOutputs(
-            semantic_scores={ds: self.oneformer(ds, *inputs.oneformer[ds]) for ds in DATASETS},
-            token_ids=self.blip_caption(inputs.blip, inputs.caption_max_length, inputs.rows),
-            image_embeds=self.clip_image(inputs.clip, inputs.rows))
+    def semantic_scores(self, inputs: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        return {ds: self.oneformer(ds, *inputs[ds]) for ds in DATASETS}
+
+    def mask_stage(self, inputs: ChunkInputs) -> ChunkOutputs:
+        return ChunkOutputs(token_ids=self.blip_caption(inputs.blip, inputs.caption_max_length),
+                            image_embeds=self.clip_image(inputs.clip))
 
     def clip_text(self, names: Sequence[str]) -> torch.Tensor:
         return self.clip_names(names)

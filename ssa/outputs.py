@@ -57,7 +57,7 @@ def annotated_document(doc: dict[str, Any], labels: list[MaskLabel], prov: dict[
 
 
 def write_outputs(out_dir: str | Path, stem: str, document: dict[str, Any], image: np.ndarray | None = None,
-                  masks: np.ndarray | None = None) -> None:
+                  masks=None) -> None:
     """Write the JSON (and the PNG when `image` and `masks` are given), each atomically.
 
     The PNG is written first, so a finished JSON always means the image is done.

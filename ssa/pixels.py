@@ -27,6 +27,7 @@ from ssa.geometry import Box
 PRECISION_BITS = 22  # Pillow's fixed-point weights for 8-bit images (32 - 8 - 2)
 BILINEAR, BICUBIC = 2, 3  # PIL.Image.Resampling values, as processor configs store them
 _SUPPORT = {BILINEAR: 1.0, BICUBIC: 2.0}
+NORMALISE_BAND_PIXELS = 1 << 20  # pixels rescaled and normalised per step (float64: 24 MB a band)
 
 
 def _filter(kind: int, x: torch.Tensor) -> torch.Tensor:
@@ -164,12 +165,17 @@ class ImagePlan:
         x = resize_u8(image, self.resized_size(*image.shape[:2]), self.resample, kernel)
         if self.crop is not None:
             x = _centre_crop(x, self.crop)
-        x = x.permute(2, 0, 1)
-        x = (x.to(torch.float64) * self.rescale).to(torch.float32) if self.rescale is not None else x.float()
-        if self.mean is not None:
-            mean, std = _constants(self.mean, self.std, str(x.device))
-            x = (x - mean) / std
-        return x
+        x = x.permute(2, 0, 1)  # (3, h', w') uint8 view
+        out = torch.empty(x.shape, dtype=torch.float32, device=x.device)
+        rows = max(1, NORMALISE_BAND_PIXELS // max(1, x.shape[2]))
+        for r in range(0, x.shape[1], rows):  # a band at a time: a large crop's float64 copy never lives whole
+            band = x[:, r : r + rows]
+            band = (band.to(torch.float64) * self.rescale).to(torch.float32) if self.rescale is not None else band.float()
+            if self.mean is not None:
+                mean, std = _constants(self.mean, self.std, str(x.device))
+                band = (band - mean) / std
+            out[:, r : r + rows] = band
+        return out
 
     def batch(self, image: torch.Tensor, boxes: Sequence[Box], kernel: str = "auto") -> torch.Tensor:
         """(N, 3, h', w') float32: the pixels of each crop `boxes` of an (H, W, 3) uint8 image

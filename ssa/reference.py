@@ -139,7 +139,8 @@ def annotate_image(image: np.ndarray, mask_set: MaskSet, models: TorchModels,
     with timer("oneformer"):
         maps = {ds: semantic_map(models, ds, image).cpu().numpy() for ds in DATASETS}
     labels = []
-    for mask, bbox in zip(mask_set.masks, mask_set.bboxes):
+    for i, bbox in enumerate(mask_set.bboxes):
+        mask = mask_set.mask(i)  # (H, W) bool, one at a time
         close_set, close_margin = [], 1.0
         for ds in DATASETS:
             table = class_names(ds)

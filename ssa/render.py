@@ -35,16 +35,24 @@ class Picture:
     legend: list[str] = field(default_factory=list)  # class names, most pixels first
 
 
-def _scaled(image: np.ndarray, masks: np.ndarray, max_side: int) -> tuple[np.ndarray, np.ndarray, float]:
+Region = tuple[tuple[int, int, int, int], np.ndarray]  # ((y0, y1, x0, x1), the mask inside that box)
+
+
+def _scaled(image: np.ndarray, masks, max_side: int) -> tuple[np.ndarray, list[Region], float]:
+    """The photo scaled to at most `max_side`, and each mask at that scale as its extent and the
+    pixels inside it. masks: (N, H, W) bool or an `ssa.sa1b.MaskSet` (decoded one at a time)."""
     h, w = image.shape[:2]
     scale = min(1.0, max_side / max(h, w))
-    if scale == 1.0:
-        return image, masks, 1.0
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    photo = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.LANCZOS))
-    small = np.stack([np.asarray(Image.fromarray(m).resize(size, Image.Resampling.NEAREST)) for m in masks]) \
-        if len(masks) else np.zeros((0, size[1], size[0]), bool)
-    return photo, small, scale
+    photo = image if scale == 1.0 else np.asarray(Image.fromarray(image).resize(size, Image.Resampling.LANCZOS))
+    regions = []
+    for i in range(len(masks)):
+        m = masks.mask(i) if hasattr(masks, "mask") else np.asarray(masks[i], dtype=bool)
+        if scale != 1.0:
+            m = np.asarray(Image.fromarray(m).resize(size, Image.Resampling.NEAREST))
+        box = _extent(m)
+        regions.append((box, m[box[0] : box[1], box[2] : box[3]].copy()))
+    return photo, regions, scale
 
 
 def _extent(mask: np.ndarray) -> tuple[int, int, int, int]:
@@ -77,21 +85,19 @@ def _box_sums(grid: np.ndarray, h: int, w: int) -> np.ndarray:
     return table[h:, w:] - table[:-h, w:] - table[h:, :-w] + table[:-h, :-w]
 
 
-def _place(mask: np.ndarray, taken: np.ndarray, w: int, h: int) -> tuple[int, int] | None:
-    """Top-left (x, y) of a w x h box wholly inside `mask`, clear of `taken`, nearest the mask's
-    centroid; None when no such box exists."""
-    ys, xs = np.nonzero(mask)
-    if len(ys) < w * h:
+def _place(box: tuple[int, int, int, int], region: np.ndarray, taken: np.ndarray, w: int,
+           h: int) -> tuple[int, int] | None:
+    """Top-left (x, y) of a w x h box wholly inside the mask (`region` within its extent `box`),
+    clear of `taken`, nearest the mask's centroid; None when no such box exists."""
+    y0, y1, x0, x1 = box
+    ys, xs = np.nonzero(region)
+    if len(ys) < w * h or y1 - y0 < h or x1 - x0 < w:
         return None
-    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-    if y1 - y0 < h or x1 - x0 < w:
-        return None
-    region = mask[y0:y1, x0:x1]
     fits = (_box_sums(region, h, w) == w * h) & (_box_sums(taken[y0:y1, x0:x1], h, w) == 0)
     cy, cx = np.nonzero(fits)
     if len(cy) == 0:
         return None
-    centre_y, centre_x = ys.mean() - y0 - h / 2, xs.mean() - x0 - w / 2
+    centre_y, centre_x = ys.mean() - h / 2, xs.mean() - w / 2
     i = int(np.argmin((cy - centre_y) ** 2 + (cx - centre_x) ** 2))
     return int(cx[i] + x0), int(cy[i] + y0)
 
@@ -100,32 +106,32 @@ def _font(size: int) -> ImageFont.ImageFont:
     return ImageFont.load_default(size=size)
 
 
-def render(image: np.ndarray, masks: np.ndarray, names: list[str], max_side: int = MAX_SIDE,
+def render(image: np.ndarray, masks, names: list[str], max_side: int = MAX_SIDE,
            alpha: float = FILL_ALPHA) -> Picture:
     """Draw the labelled masks over the photo.
 
-    image: (H, W, 3) uint8 RGB; masks: (N, H, W) bool; names: N class names. Masks are filled
+    image: (H, W, 3) uint8 RGB; masks: (N, H, W) bool or an `ssa.sa1b.MaskSet` (decoded one at a
+    time, so memory follows the masks' extents, not N x H x W); names: N class names. Masks are filled
     largest first, so small ones stay visible on top; each gets an outline in its colour. A label
     is written only where its box fits wholly inside its mask without covering another label
     (largest masks first), so every label lies on its own mask and on the canvas.
     """
     if len(names) != len(masks):
         raise ValueError(f"{len(names)} names for {len(masks)} masks")
-    photo, small, scale = _scaled(image, masks.astype(bool), max_side)
+    photo, regions, scale = _scaled(image, masks, max_side)
     h, w = photo.shape[:2]
-    areas = small.reshape(len(small), -1).sum(1) if len(small) else np.zeros(0, int)
+    areas = np.array([int(m.sum()) for _, m in regions], dtype=np.int64)
     order = np.argsort(-areas, kind="stable")
     out = photo.astype(np.float32)
     colours = {n: np.array(name_colour(n), np.float32) for n in set(names)}
-    boxes = [_extent(m) for m in small]
     for i in order:  # within each mask's extent: a few hundred masks stay fast on large images
-        (y0, y1, x0, x1), m = boxes[i], small[i][boxes[i][0] : boxes[i][1], boxes[i][2] : boxes[i][3]]
+        (y0, y1, x0, x1), m = regions[i]
         region = out[y0:y1, x0:x1]
         region[m] = (1 - alpha) * region[m] + alpha * colours[names[i]]
     line = max(1, round(max(h, w) / 800))
     for i in order:
-        (y0, y1, x0, x1) = boxes[i]  # a tight extent: its border rows and columns are the mask's edge
-        out[y0:y1, x0:x1][_outline(small[i][y0:y1, x0:x1], line)] = colours[names[i]]
+        (y0, y1, x0, x1), m = regions[i]  # a tight extent: its border rows and columns are the mask's edge
+        out[y0:y1, x0:x1][_outline(m, line)] = colours[names[i]]
     photo_drawn = Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8))
 
     font = _font(max(11, min(h, w) // 45))
@@ -137,7 +143,7 @@ def render(image: np.ndarray, masks: np.ndarray, names: list[str], max_side: int
             continue
         left, top, right, bottom = draw.textbbox((0, 0), names[i], font=font)
         bw, bh = right - left + 6, bottom - top + 4
-        spot = _place(small[i], taken, bw, bh)
+        spot = _place(*regions[i], taken, bw, bh)
         if spot is None:
             continue
         x, y = spot
@@ -184,6 +190,6 @@ def _with_legend(photo: Image.Image, legend: list[str], font) -> Image.Image:
     return canvas
 
 
-def render_labels(image: np.ndarray, masks: np.ndarray, names: list[str]) -> Image.Image:
+def render_labels(image: np.ndarray, masks, names: list[str]) -> Image.Image:
     """The picture written as `<stem>_semantic.png` (see `render`)."""
     return render(image, masks, names).image

@@ -59,7 +59,7 @@ def run_in_process(items: Sequence[Item], out_dir: str | Path, annotate: Annotat
             image, doc, masks = load_item(item)
             labels = annotate(item, image, masks)
             document = annotated_document(doc, labels, prov)
-            write_outputs(out_dir, item.stem, document, image if save_img else None, masks.masks if save_img else None)
+            write_outputs(out_dir, item.stem, document, image if save_img else None, masks if save_img else None)
         except InputError as exc:
             summary.failures.append({"file": str(exc.source or item.image), "reason": exc.problem})
             tqdm.write(f"failed: {exc}")

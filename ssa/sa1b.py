@@ -15,30 +15,72 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pycocotools import mask as mask_utils
 
 from ssa.errors import InputError, read_input
-from ssa.masks import decode_rle
+from ssa.masks import decode_checked, mask_extent
 
 BBOX_TOLERANCE = 1e-3  # pixels: bboxes are floats, allow rounding noise at the image border
 
 
 @dataclass(frozen=True)
 class MaskSet:
-    """The validated annotations of one image.
+    """The validated annotations of one image, each mask kept compact: its RLE and its extent.
 
-    masks: (N, H, W) bool, one per annotation, in document order.
+    rles: N pycocotools RLE dicts (`{"size": [H, W], "counts": bytes}`), in document order.
+    extents: (N, 4) int64 [y0, x0, y1, x1): the half-open box of each mask's set pixels.
     bboxes: (N, 4) float64 XYWH pixel boxes as in the document.
+    size: (H, W) of the image.
+
+    No image-sized array is held per mask: `region(i)` and `mask(i)` decode one mask when asked
+    (pycocotools, C speed), so memory is the RLEs (the request's own bytes) plus 64 bytes a mask.
     """
 
-    masks: np.ndarray
+    rles: tuple
+    extents: np.ndarray
     bboxes: np.ndarray
+    size: tuple[int, int]
 
     def __post_init__(self) -> None:
-        if self.masks.ndim != 3 or self.bboxes.shape != (self.masks.shape[0], 4):
-            raise ValueError(f"masks (N, H, W) and bboxes (N, 4) disagree: {self.masks.shape} vs {self.bboxes.shape}")
+        n = len(self.rles)
+        if self.extents.shape != (n, 4) or self.bboxes.shape != (n, 4):
+            raise ValueError(f"{n} RLEs, extents {self.extents.shape} and bboxes {self.bboxes.shape} disagree "
+                             f"(expected ({n}, 4) each)")
 
     def __len__(self) -> int:
-        return self.masks.shape[0]
+        return len(self.rles)
+
+    def mask(self, i: int) -> np.ndarray:
+        """(H, W) bool: mask i."""
+        return mask_utils.decode(self.rles[i]).astype(bool)
+
+    def region(self, i: int) -> np.ndarray:
+        """(y1 - y0, x1 - x0) bool, C-contiguous: mask i inside its extent."""
+        y0, x0, y1, x1 = (int(v) for v in self.extents[i])
+        return np.ascontiguousarray(mask_utils.decode(self.rles[i])[y0:y1, x0:x1], dtype=bool)
+
+    def masks(self) -> np.ndarray:
+        """(N, H, W) bool: every mask decoded (small images and tests only: N x H x W bytes)."""
+        out = np.zeros((len(self), *self.size), dtype=bool)
+        for i in range(len(self)):
+            out[i] = self.mask(i)
+        return out
+
+    def subset(self, rows) -> MaskSet:
+        """The masks at `rows` (indices), in that order."""
+        rows = list(rows)
+        return MaskSet(tuple(self.rles[i] for i in rows), self.extents[rows].reshape(-1, 4),
+                       self.bboxes[rows].reshape(-1, 4), self.size)
+
+    @classmethod
+    def from_masks(cls, masks, bboxes) -> MaskSet:
+        """From (N, H, W) bool masks (any sequence of (H, W) arrays) and their (N, 4) XYWH bboxes."""
+        masks = [np.asarray(m, dtype=bool) for m in masks]
+        bboxes = np.asarray(bboxes, dtype=np.float64).reshape(-1, 4)
+        size = masks[0].shape if masks else (0, 0)
+        rles = tuple(mask_utils.encode(np.asfortranarray(m.astype(np.uint8))) for m in masks)
+        extents = np.array([mask_extent(m) for m in masks], dtype=np.int64).reshape(-1, 4)
+        return cls(rles, extents, bboxes, tuple(size))
 
 
 def parse_document(text: str | bytes, source: str | Path | None = None) -> dict[str, Any]:
@@ -103,23 +145,25 @@ def decode_annotations(doc: dict[str, Any], image_size: tuple[int, int], source:
             source,
         )
     anns = doc["annotations"]
-    masks = np.zeros((len(anns), height, width), dtype=bool)
+    rles, extents = [], np.zeros((len(anns), 4), dtype=np.int64)
     bboxes = np.zeros((len(anns), 4), dtype=np.float64)
     for i, ann in enumerate(anns):
         try:
             bboxes[i] = check_bbox(ann["bbox"], image_size)
-            masks[i] = decode_rle(ann["segmentation"], image_size)
-            if not masks[i].any():
+            mask, rle = decode_checked(ann["segmentation"], image_size)  # one image-sized array at a time
+            extents[i] = mask_extent(mask)
+            y0, x0, y1, x1 = extents[i]
+            if y1 == 0:
                 raise InputError("empty mask (no pixel set)")
             # SAM's boxes have w = x1 - x0 (last column minus first): zero for a mask one pixel
             # wide, and only then
             w, h = bboxes[i, 2], bboxes[i, 3]
-            if (w == 0 and np.count_nonzero(masks[i].any(axis=0)) != 1) or \
-                    (h == 0 and np.count_nonzero(masks[i].any(axis=1)) != 1):
+            if (w == 0 and x1 - x0 != 1) or (h == 0 and y1 - y0 != 1):
                 raise InputError(f"bbox {list(ann['bbox'])} has zero or negative size")
+            rles.append(rle)
         except InputError as exc:
             raise InputError(f"annotation {_ann_name(ann, i)}: {exc.problem}", source) from exc
-    return MaskSet(masks=masks, bboxes=bboxes)
+    return MaskSet(tuple(rles), extents, bboxes, (height, width))
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> None:

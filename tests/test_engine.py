@@ -72,10 +72,10 @@ def test_only_small_results_cross_host_memory(models, processors, loaded, nlp):
     assert moved["up"]["image"] == image_bytes  # each image goes up once
     extents = 0  # each mask goes up as the pixels of its own extent, not as an image-sized array
     for _, _, m in loaded:
-        for mask in m.masks:
-            ys, xs = np.nonzero(mask)
+        for i in range(len(m)):
+            ys, xs = np.nonzero(m.mask(i))
             extents += (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)
-    assert moved["up"]["masks"] == extents < sum(m.masks.size for _, _, m in loaded)
+    assert moved["up"]["masks"] == extents < sum(len(m) * m.size[0] * m.size[1] for _, _, m in loaded)
     beyond = TRANSFERS.total() - moved["up"]["image"] - moved["up"]["masks"]
     assert beyond / n <= BUDGET_PER_MASK
 
@@ -134,3 +134,54 @@ def test_noun_phrases_batched_without_unneeded_components_equal_the_full_pipelin
     expected = [[c.text for c in full(text).noun_chunks] for text in captions]
     assert noun_phrases_batch(captions, lean) == expected
     assert expected[0] == ["a man", "a red bike", "a street"]
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_chunked_labels_identical_to_the_reference(models, processors, loaded, reference_labels, nlp, batch_size):
+    """Chunks of 1 and 3 masks (10 masks an image: 10 and 4 chunks) give the reference's labels."""
+    from ssa.engine import plan_chunks
+    from ssa.params import EngineParams
+
+    params = EngineParams(batch_size=batch_size)
+    for stem, image, masks in loaded:
+        assert len(plan_chunks(masks.extents, batch_size)) == -(-len(masks) // batch_size)
+        got = annotate_image(image, masks, models, processors, params, nlp=nlp)
+        assert [(g.class_name, g.class_proposals, g.caption) for g in got] == \
+               [(e.class_name, e.class_proposals, e.caption) for e in reference_labels[stem]], stem
+
+
+def test_chunks_hold_at_most_the_region_budget():
+    from ssa.engine import plan_chunks
+
+    extents = np.array([[0, 0, 10, 10]] * 5 + [[0, 0, 100, 100]] + [[0, 0, 10, 10]] * 3)  # areas 100 x5, 10^4, 100 x3
+    chunks = plan_chunks(extents, batch_size=4, region_bytes=350)
+    assert [list(c) for c in chunks] == [[0, 1, 2], [3, 4], [5], [6, 7, 8]]  # one large mask gets a chunk alone
+    assert [list(c) for c in plan_chunks(extents, batch_size=4)] == [[0, 1, 2, 3], [4, 5, 6, 7], [8]]
+    assert plan_chunks(np.zeros((0, 4), np.int64), 4) == []
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_resized_argmax_equals_the_full_resize(seed):
+    """Only the classes that can win are resized; the map equals argmax of one full resize of all
+    classes, on smooth maps (a few winners), flat ones (near-ties everywhere) and exact ties."""
+    import torch.nn.functional as F
+
+    from ssa.engine import possible_winners, resized_argmax
+
+    g = torch.Generator().manual_seed(seed)
+    c, h, w = (150, 24, 31) if seed % 2 else (20, 7, 5)
+    smooth = F.interpolate(torch.randn(1, c, 4, 4, generator=g) * 4, size=(h, w), mode="bilinear")[0]
+    flat = 0.02 + 1e-4 * torch.randn(c, h, w, generator=g)
+    tied = smooth.clone()
+    tied[c // 2] = tied[c // 3]  # two classes equal everywhere: the lower one must win
+    peaked = smooth.clone()  # as a trained model's: a few classes well above the rest
+    peaked[4:] -= 60
+    for scores in (smooth, flat, tied, peaked):
+        for size in ((h * 4 + 3, w * 3), (max(1, h // 2), w * 7 + 1), (h, w)):
+            expected = F.interpolate(scores[None], size=size, mode="bilinear", align_corners=False)[0].argmax(0)
+            got = resized_argmax(scores, size)
+            assert got.dtype == torch.uint8 and torch.equal(got.long(), expected), (seed, size)
+    assert len(possible_winners(peaked)) <= 4 < c  # classes that cannot win are not resized
+    one_row = torch.randn(c, 1, w, generator=g)
+    assert torch.equal(resized_argmax(one_row, (5, w * 2)).long(),
+                       F.interpolate(one_row[None], size=(5, w * 2), mode="bilinear", align_corners=False)[0].argmax(0))

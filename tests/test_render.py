@@ -15,7 +15,7 @@ NAMES = ["person", "sky", "building", "tree", "road"]
 
 def example(example_dir, stem="sa_1"):
     image = load_image(example_dir / f"{stem}.jpg")
-    masks = decode_annotations(read_document(example_dir / f"{stem}.json"), image.shape[:2]).masks
+    masks = decode_annotations(read_document(example_dir / f"{stem}.json"), image.shape[:2]).masks()
     return image, masks, [NAMES[i % len(NAMES)] for i in range(len(masks))]
 
 

@@ -26,7 +26,7 @@ def square(h=6, w=8) -> np.ndarray:
 
 def test_valid_document_decodes():
     masks = decode_annotations(document(square()), (6, 8))
-    assert masks.masks.shape == (1, 6, 8) and masks.masks[0].sum() == 4
+    assert masks.masks().shape == (1, 6, 8) and masks.mask(0).sum() == 4 and masks.region(0).shape == (2, 2)
     assert masks.bboxes.tolist() == [[1.0, 1.0, 2.0, 2.0]]
 
 

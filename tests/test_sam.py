@@ -174,7 +174,7 @@ def test_plain_folder_end_to_end(server, photos, tmp_path):
         image = load_image(photos / f"{stem}.jpg")
         assert doc["image"]["file_name"] == f"{stem}.jpg" and doc["image"]["image_id"] == int(stem.split("_")[1])
         masks = decode_annotations(doc, image.shape[:2], out / f"{stem}.json")
-        for ann, mask in zip(doc["annotations"], masks.masks):
+        for ann, mask in zip(doc["annotations"], masks.masks()):
             assert set(ann) >= {"segmentation", "bbox", "area", "predicted_iou", "stability_score", "point_coords",
                                 "crop_box", "id"}
             assert ann["area"] == int(mask.sum()) and ann["predicted_iou"] > 0.88 and ann["stability_score"] >= 0.95

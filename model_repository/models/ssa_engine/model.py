@@ -28,10 +28,11 @@ import torch
 import triton_python_backend_utils as pb_utils
 
 from ssa.device import from_dlpack
-from ssa.engine import DATASETS, EngineParams, ImageInputs, ImageJob, ImageOutputs
+from ssa.engine import DATASETS, ChunkInputs, ChunkOutputs, EngineParams, ImageJob
 from ssa.errors import InputError
 from ssa.graph_models import GraphModels
 from ssa.images import decode_image
+from ssa.limits import ServerLimits, image_size
 from ssa.nouns import load_spacy
 from ssa.preprocess import Processors
 from ssa.sa1b import decode_annotations, parse_document
@@ -74,19 +75,42 @@ class TritonModels(GraphModels):
         parts = [self._outputs(model, r) for r in await asyncio.gather(*(req.async_exec() for req in requests))]
         return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
-    async def _caption_async(self, inputs: ImageInputs) -> torch.Tensor:
-        embeds = (await self._run_async("blip_vision", inputs.rows, pixel_values=inputs.blip))["image_embeds"]
+    async def _caption_async(self, inputs: ChunkInputs) -> torch.Tensor:
+        embeds = (await self._run_async("blip_vision", len(inputs.rows), pixel_values=inputs.blip))["image_embeds"]
         limit = torch.full((embeds.shape[0], 1), inputs.caption_max_length, dtype=torch.int32, device=embeds.device)
-        return (await self._run_async("blip_caption", inputs.rows, image_embeds=embeds, max_length=limit))["token_ids"]
+        return (await self._run_async("blip_caption", len(inputs.rows), image_embeds=embeds,
+                                      max_length=limit))["token_ids"]
 
-    async def image_stage_async(self, inputs: ImageInputs) -> ImageOutputs:
-        """Both OneFormers, BLIP (vision, then the caption loop) and CLIP's image model in flight together."""
-        *scores, token_ids, clip = await asyncio.gather(
-            *(self._run_async(f"oneformer_{ds}", 1, pixel_values=inputs.oneformer[ds][0],
-                              task_inputs=inputs.oneformer[ds][1]) for ds in DATASETS),
-            self._caption_async(inputs), self._run_async("clip_image", inputs.rows, pixel_values=inputs.clip))
-        return ImageOutputs(semantic_scores={ds: s["semantic_scores"] for ds, s in zip(DATASETS, scores)},
-                            token_ids=token_ids, image_embeds=clip["image_embeds"])
+    async def semantic_async(self, inputs: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """Both OneFormers in flight together."""
+        scores = await asyncio.gather(*(self._run_async(f"oneformer_{ds}", 1, pixel_values=inputs[ds][0],
+                                                        task_inputs=inputs[ds][1]) for ds in DATASETS))
+        return {ds: s["semantic_scores"] for ds, s in zip(DATASETS, scores)}
+
+    async def mask_stage_async(self, inputs: ChunkInputs) -> ChunkOutputs:
+        """BLIP (vision, then the caption loop) and CLIP's image model of one chunk in flight together."""
+        token_ids, clip = await asyncio.gather(
+            self._caption_async(inputs), self._run_async("clip_image", len(inputs.rows), pixel_values=inputs.clip))
+        return ChunkOutputs(token_ids=token_ids, image_embeds=clip["image_embeds"])
+
+
+async def annotate_overlapped(job: ImageJob, models: TritonModels) -> list:
+    """The engine's steps with independent sub-requests in flight together: both OneFormers with
+    the first chunk's BLIP and CLIP, then each chunk's BLIP and CLIP together; CLIPSeg and the
+    host work of a chunk run while nothing else of this image is in flight. At most two chunks of
+    one image (BLIP's, CLIP's) are in flight at once, plus the two OneFormer images."""
+    semantic = asyncio.ensure_future(models.semantic_async(job.oneformer_inputs()))
+    labels: list = []
+    try:
+        for rows in job.chunks:
+            out = await models.mask_stage_async(job.chunk_inputs(rows))
+            if job.label_maps is None:
+                job.set_semantic(await semantic)
+            labels += job.finish_chunk(rows, out)
+    finally:
+        if not semantic.done():
+            semantic.cancel()
+    return labels
 
 
 @functools.lru_cache(maxsize=16)
@@ -166,21 +190,34 @@ class TritonPythonModel:
         # the image stage's sub-requests together (a GPU runs them side by side) or one after another
         # (on the CPU each model already uses every core)
         self.concurrent_image_stage = params.get("concurrent_image_stage", "1") == "1"
+        instances = sum(int(g.get("count", 1)) for g in config.get("instance_group", [{}])) or 1
+        self.limits = ServerLimits.from_config(params, self.device.type, self.device.index or 0,
+                                               instances * self.images_in_progress, self.defaults.batch_size,
+                                               self.defaults.top_k)
+        pb_utils.Logger.log_info(f"ssa_engine limits per image: {self.limits.max_masks} masks, "
+                                 f"{self.limits.max_pixels} pixels, {self.limits.budget >> 20} MiB")
 
     async def _annotate(self, request):
         params, vocabulary = parse_params(request, self.defaults)
-        image = decode_image(bytes_of(request, "image"), "image")
+        data = bytes_of(request, "image")
+        height, width = image_size(data, "image")  # the header only: a huge image is refused undecoded
+        self.limits.check(height, width, 0, params.batch_size, params.top_k)
         doc = parse_document(bytes_of(request, "annotations"), "annotations")
+        self.limits.check(height, width, len(doc["annotations"]), params.batch_size, params.top_k)
+        image = decode_image(data, "image")
         masks = decode_annotations(doc, image.shape[:2], "annotations")
+        del doc  # the masks are kept as their RLEs and extents
         if len(masks) == 0:
             return label_tensors([], params.top_k)
         job = ImageJob(image, masks, self.models, self.processors, params, self.nlp, vocabulary=vocabulary)
-        inputs = job.image_inputs()
         if self.concurrent_image_stage:
-            outputs = await self.models.image_stage_async(inputs)
+            labels = await annotate_overlapped(job, self.models)
         else:
-            outputs = self.models.image_stage(inputs)
-        return label_tensors(job.finish(outputs), params.top_k)
+            job.set_semantic(self.models.semantic_scores(job.oneformer_inputs()))
+            labels = []
+            for rows in job.chunks:
+                labels += job.finish_chunk(rows, self.models.mask_stage(job.chunk_inputs(rows)))
+        return label_tensors(labels, params.top_k)
 
     async def _respond(self, request, slots: asyncio.Semaphore):
         async with slots:
