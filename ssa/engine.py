@@ -174,7 +174,7 @@ def possible_winners(scores: torch.Tensor) -> torch.Tensor:
     if c == 1 or not bool(torch.isfinite(x).all()):
         return torch.arange(c, device=scores.device)
     corners = torch.stack([x[:, :-1, :-1], x[:, 1:, :-1], x[:, :-1, 1:], x[:, 1:, 1:]])  # (4, C, h-1, w-1)
-    best = corners.mean(dim=0).argmax(dim=0)  # (h-1, w-1)
+    best = corners.mean(dim=0).permute(1, 2, 0).contiguous().argmax(dim=-1)  # (h-1, w-1); innermost: fast
     best_corners = torch.gather(corners, 1, best[None, None].expand(4, 1, *best.shape))  # (4, 1, h-1, w-1)
     gap = (corners - best_corners).amax(dim=0)  # (C, h-1, w-1): c's best chance against that class
     tolerance = PRUNE_TOLERANCE * corners.abs().amax(dim=(0, 1))
@@ -193,7 +193,10 @@ def resized_argmax(scores: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """
     c = scores.shape[0]
     dtype = torch.uint8 if c <= 256 else torch.int64
-    keep = possible_winners(scores)
+    # pruning reads every class at every input pixel: worth it when the output is the larger grid
+    # (OneFormer's maps, upscaled ~16x in pixels), not for CLIPSeg's 512 x 512 logits of a small crop
+    large = size[0] * size[1] > 4 * scores.shape[1] * scores.shape[2]
+    keep = possible_winners(scores) if large else torch.arange(c, device=scores.device)
     if len(keep) == 1:
         return torch.full(size, int(keep[0]), dtype=dtype, device=scores.device)
     step = max(1, RESIZE_CHUNK_BYTES // max(1, 4 * size[0] * size[1]))

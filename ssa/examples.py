@@ -49,23 +49,48 @@ def example_masks(rgb: np.ndarray, max_masks: int = 150) -> list[np.ndarray]:
     return masks[:max_masks]
 
 
+def annotation(mask: np.ndarray, ann_id: int) -> dict:
+    """One SA-1B annotation of an (H, W) bool mask (all fields SAM writes; the scores are placeholders)."""
+    height, width = mask.shape
+    ys, xs = np.nonzero(mask)
+    j = len(ys) // 2  # a point inside the mask, as SAM's prompt point
+    return {
+        "id": ann_id,
+        "bbox": mask_bbox(mask),
+        "area": int(mask.sum()),
+        "segmentation": encode_rle(mask),
+        "predicted_iou": 0.9,
+        "point_coords": [[float(xs[j]), float(ys[j])]],
+        "stability_score": 0.95,
+        "crop_box": [0.0, 0.0, float(width), float(height)],
+    }
+
+
 def sa1b_document(image_id: int, file_name: str, masks: list[np.ndarray]) -> dict:
     """An SA-1B document for `masks` (all fields SAM writes; the SAM scores are placeholders)."""
     height, width = masks[0].shape
-    anns = []
-    for i, mask in enumerate(masks):
-        ys, xs = np.nonzero(mask)
-        j = len(ys) // 2  # a point inside the mask, as SAM's prompt point
-        anns.append({
-            "id": image_id * 1000 + i,
-            "bbox": mask_bbox(mask),
-            "area": int(mask.sum()),
-            "segmentation": encode_rle(mask),
-            "predicted_iou": 0.9,
-            "point_coords": [[float(xs[j]), float(ys[j])]],
-            "stability_score": 0.95,
-            "crop_box": [0.0, 0.0, float(width), float(height)],
-        })
+    return {"image": {"image_id": image_id, "width": width, "height": height, "file_name": file_name},
+            "annotations": [annotation(mask, image_id * 1000 + i) for i, mask in enumerate(masks)]}
+
+
+def dense_document(rgb: np.ndarray, count: int, image_id: int, file_name: str) -> dict:
+    """An SA-1B document with `count` masks on one photo, as dense as SAM's on a busy SA-1B image:
+    SLIC superpixels at several granularities (finest first), so masks overlap across levels. Each
+    mask is encoded as soon as it is made (never N image-sized arrays at once)."""
+    from skimage.segmentation import slic
+
+    height, width = rgb.shape[:2]
+    anns: list[dict] = []
+    segments = max(4, int(count * 1.25))
+    while len(anns) < count and segments >= 2:
+        labels = slic(rgb, n_segments=segments, compactness=10, start_label=0)
+        for value in range(int(labels.max()) + 1):
+            mask = labels == value
+            if mask.any() and len(anns) < count:
+                anns.append(annotation(mask, image_id * 100_000 + len(anns)))
+        segments //= 2
+    if len(anns) < count:
+        raise ValueError(f"could not make {count} masks on a {width} x {height} image (got {len(anns)})")
     return {"image": {"image_id": image_id, "width": width, "height": height, "file_name": file_name},
             "annotations": anns}
 

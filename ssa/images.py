@@ -5,6 +5,7 @@ The published engine read images as BGR and fed them to RGB models; this never d
 
 from __future__ import annotations
 
+import contextlib
 import io
 from pathlib import Path
 
@@ -35,6 +36,17 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(img.convert("RGB"), dtype=np.uint8))
 
 
+@contextlib.contextmanager
+def _readable(source: str | Path | None):
+    """Pillow's errors while opening or decoding, as InputError naming `source`."""
+    try:
+        yield
+    except UnidentifiedImageError as exc:
+        raise InputError("unreadable image (not a format Pillow can decode, or damaged)", source) from exc
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise InputError(f"unreadable image ({type(exc).__name__}: {exc})", source) from exc
+
+
 def decode_image(data: bytes, source: str | Path | None = None) -> np.ndarray:
     """Decode encoded image bytes (jpg, png, ...) into an (H, W, 3) uint8 RGB array.
 
@@ -43,18 +55,27 @@ def decode_image(data: bytes, source: str | Path | None = None) -> np.ndarray:
     """
     if not data:
         raise InputError("image file is empty", source)
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            img = ImageOps.exif_transpose(img)
-            rgb = _to_rgb(img)
-    except UnidentifiedImageError as exc:
-        raise InputError("unreadable image (not a format Pillow can decode, or damaged)", source) from exc
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise InputError(f"unreadable image ({type(exc).__name__}: {exc})", source) from exc
+    with _readable(source), Image.open(io.BytesIO(data)) as img:
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        rgb = _to_rgb(img)
     if rgb.shape[0] == 0 or rgb.shape[1] == 0:
         raise InputError(f"image has zero size {rgb.shape[:2]}", source)
     return rgb
+
+
+def image_size(data: bytes, source: str | Path | None = None) -> tuple[int, int]:
+    """(H, W) of encoded image bytes, as `decode_image` would give them (orientation applied), from
+    the header alone: nothing is decoded, so a huge image can be refused before it takes memory.
+    Raises InputError as `decode_image` does."""
+    if not data:
+        raise InputError("image file is empty", source)
+    with _readable(source), Image.open(io.BytesIO(data)) as img:
+        width, height = img.size
+        orientation = img.getexif().get(0x0112, 1)
+    if width == 0 or height == 0:
+        raise InputError(f"image has zero size {(height, width)}", source)
+    return (width, height) if orientation in (5, 6, 7, 8) else (height, width)
 
 
 def load_image(path: str | Path) -> np.ndarray:

@@ -17,7 +17,6 @@ each "auto" by default: derived from the instance's memory).
 
 from __future__ import annotations
 
-import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ MIB = 1 << 20
 PER_PIXEL = 20  # image 3 + class maps 2 + one full-size class resize ~10 or one float32 CLIPSeg crop 12 + mask 1
 PER_ROW = 12 * MIB  # one chunk row: BLIP, CLIP and CLIPSeg pixels, BLIP's image embeddings, caption, votes
 PER_PROMPT = 1 * MIB  # CLIPSeg's 512 x 512 float32 logits per proposal of a row
-PER_MASK = 32 << 10  # one mask's RLE, parsed annotation, extents and answers (SA-1B masks: 1-10 KB of RLE)
+PER_MASK = 64 << 10  # one mask: its RLE, parsed annotation, extents, answers, and what the host keeps of it (measured ~45 KB)
 FIXED = 768 * MIB  # one resize chunk, one chunk of mask regions, OneFormer's inputs and scores, spaCy, caches
 # share of the instance's memory given to the images in progress (the rest: the models, the runtime)
 MEMORY_SHARE = {"cpu": 0.5, "cuda": 0.25}
@@ -121,17 +120,3 @@ def _number(params: dict[str, str], key: str, auto: int) -> int:
     if number < 1:
         raise ValueError(f"ssa_engine parameter {key} must be 'auto' or a positive integer, got {value!r}")
     return number
-
-
-def image_size(data: bytes, source: str = "image") -> tuple[int, int]:
-    """(H, W) of encoded image bytes from the header alone (nothing decoded), orientation applied;
-    InputError when unreadable."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            width, height = img.size
-            orientation = img.getexif().get(0x0112, 1) if hasattr(img, "getexif") else 1
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise InputError(f"unreadable image ({type(exc).__name__}: {exc})", source) from exc
-    return (width, height) if orientation in (5, 6, 7, 8) else (height, width)

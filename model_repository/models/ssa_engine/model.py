@@ -31,8 +31,8 @@ from ssa.device import from_dlpack
 from ssa.engine import DATASETS, ChunkInputs, ChunkOutputs, EngineParams, ImageJob
 from ssa.errors import InputError
 from ssa.graph_models import GraphModels
-from ssa.images import decode_image
-from ssa.limits import ServerLimits, image_size
+from ssa.images import decode_image, image_size
+from ssa.limits import ServerLimits
 from ssa.nouns import load_spacy
 from ssa.preprocess import Processors
 from ssa.sa1b import decode_annotations, parse_document

@@ -1,0 +1,166 @@
+"""Memory and limits of one image in the real embedded tritonserver (tiny profile): the engine's
+memory does not grow with the number of masks beyond their answers, a large photo stays inside
+the stated bound, and a request over the server's limits is refused with the reason while the run
+goes on."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from client.engine_client import annotate
+from ssa.examples import dense_document
+from ssa.limits import MIB, PER_MASK, PER_PIXEL, ServerLimits, image_bound
+from ssa.params import EngineParams
+from ssa.stub_health import living_instances
+
+# peak resident memory of ssa_engine's process with 2,000 masks on one photo, at most this times
+# its peak with 100 (before the chunked data plane: ~6x on the tiny profile, 2.4 MB of crops a mask)
+MASKS_PEAK_RATIO = 1.25
+
+
+def peak_rss(pid: int) -> int:
+    """Bytes: the process's peak resident set (VmHWM)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmHWM for {pid}")
+
+
+def jpeg(rgb: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def own_server(repositories, tmp_path_factory):
+    """A server of its own: peak memory is read from its ssa_engine process from the start."""
+    from model_repository.server import EmbeddedServer
+
+    with EmbeddedServer(repositories["cpu"], log_path=tmp_path_factory.mktemp("log") / "triton.log") as s:
+        yield s
+
+
+def test_peak_memory_does_not_grow_with_the_masks(own_server):
+    import skimage.data
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(own_server.url)
+    engine = living_instances(own_server.pid)["ssa_engine_0_0"]
+    rgb = skimage.data.chelsea()  # 451 x 300
+    image = jpeg(rgb)
+    params = EngineParams(top_k=1)  # one CLIPSeg prompt a mask: the same data plane, a third of its time
+    peaks = {}
+    for n in (100, 2000):
+        document = json.dumps(dense_document(rgb, n, 7, "chelsea.jpg")).encode()
+        labels = annotate(client, image, document, params)
+        assert len(labels) == n and all(lab.class_name for lab in labels)
+        peaks[n] = peak_rss(engine)
+    growth = peaks[2000] - peaks[100]
+    print(f"ssa_engine peak RSS: {peaks[100] / MIB:.0f} MiB at 100 masks, {peaks[2000] / MIB:.0f} MiB at 2,000 "
+          f"({growth / 1900 / 1024:.1f} KB a mask)")
+    assert peaks[2000] <= MASKS_PEAK_RATIO * peaks[100], peaks
+    assert growth <= 1900 * PER_MASK  # within the bound's per-mask term
+
+
+def test_a_large_photo_stays_inside_the_stated_bound(own_server):
+    """12 megapixels, 3 masks (one the whole photo): what the process grows by stays under the
+    bound's pixel terms, and the answers come back."""
+    import skimage.data
+    import tritonclient.grpc as grpcclient
+    from PIL import Image
+
+    from ssa.examples import annotation
+
+    client = grpcclient.InferenceServerClient(own_server.url)
+    engine = living_instances(own_server.pid)["ssa_engine_0_0"]
+    before = peak_rss(engine)
+    height, width = 3000, 4000
+    rgb = np.asarray(Image.fromarray(skimage.data.astronaut()).resize((width, height)))
+    masks = [np.ones((height, width), bool), np.zeros((height, width), bool), np.zeros((height, width), bool)]
+    masks[1][: height // 2, : width // 3] = True
+    masks[2][height - 40 :, 100:2100] = True
+    document = {"image": {"image_id": 1, "width": width, "height": height, "file_name": "big.jpg"},
+                "annotations": [annotation(m, i) for i, m in enumerate(masks)]}
+    del masks
+    labels = annotate(client, jpeg(rgb), json.dumps(document).encode())
+    assert len(labels) == 3
+    grown = peak_rss(engine) - before
+    bound = image_bound(height, width, 3, EngineParams().batch_size, EngineParams().top_k)
+    print(f"ssa_engine grew by {grown / MIB:.0f} MiB for {width} x {height} pixels; the bound is {bound / MIB:.0f} MiB "
+          f"({PER_PIXEL} bytes a pixel + fixed terms)")
+    assert grown <= bound
+
+
+@pytest.fixture(scope="module")
+def limited_server(repositories, tmp_path_factory):
+    """A server whose ssa_engine takes at most 60 masks and 300,000 pixels per image."""
+    from model_repository.server import EmbeddedServer
+
+    repo = tmp_path_factory.mktemp("limited") / "repository"
+    shutil.copytree(repositories["cpu"], repo)
+    config = repo / "ssa_engine" / "config.pbtxt"
+    text = config.read_text()
+    for key, value in (("max_masks", "60"), ("max_image_pixels", "300000")):
+        text = text.replace(f'key: "{key}"\n  value: {{ string_value: "auto" }}', f'key: "{key}"\n  value: {{ string_value: "{value}" }}')
+    assert 'string_value: "60"' in text and 'string_value: "300000"' in text
+    config.write_text(text)
+    with EmbeddedServer(repo, log_path=tmp_path_factory.mktemp("log") / "triton.log") as s:
+        yield s
+
+
+def test_requests_over_the_limits_are_refused_and_the_run_goes_on(limited_server, example_dir, tmp_path):
+    import skimage.data
+    from PIL import Image
+
+    from client.runner import RunnerConfig, annotate_dataset
+    from ssa.dataset import listings
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for stem in ("sa_1", "sa_3"):  # 512 x 512 and 600 x 400: within the limits
+        for ext in (".jpg", ".json"):
+            shutil.copy(example_dir / f"{stem}{ext}", data / f"{stem}{ext}")
+    rgb = skimage.data.chelsea()  # 135,300 pixels
+    (data / "dense.jpg").write_bytes(jpeg(rgb))
+    (data / "dense.json").write_text(json.dumps(dense_document(rgb, 61, 8, "dense.jpg")))
+    big = np.asarray(Image.fromarray(rgb).resize((700, 500)))  # 350,000 pixels
+    (data / "big.jpg").write_bytes(jpeg(big))
+    (data / "big.json").write_text(json.dumps(dense_document(big, 3, 9, "big.jpg")))
+    summary, stop = annotate_dataset(RunnerConfig(urls=[limited_server.url], out_dir=tmp_path / "out", progress=False),
+                                     listings([data]))
+    assert stop is None and summary.done == 2
+    failures = {Path(f["file"]).name: f["reason"] for f in summary.failures}
+    assert set(failures) == {"dense.jpg", "big.jpg"}, failures
+    assert "too large: 61 masks exceed this server's limit of 60 masks per image (ssa_engine max_masks)" \
+        in failures["dense.jpg"]
+    assert "too large: image of 700 x 500 = 350,000 pixels exceeds this server's limit of 300,000 pixels" \
+        in failures["big.jpg"]
+    assert sorted(p.name for p in (tmp_path / "out").glob("*_semantic.json")) == ["sa_1_semantic.json",
+                                                                                  "sa_3_semantic.json"]
+
+
+def test_server_limits_from_the_config():
+    auto = ServerLimits.from_config({}, "cpu", 0, images_at_once=1, batch_size=32, top_k=3)
+    assert auto.max_pixels > 10_000_000 and auto.max_masks >= 10_000  # this machine: 24 GB
+    assert auto.budget >= image_bound(3000, 4000, 1000, 32, 3)
+    fixed = ServerLimits.from_config({"max_masks": "5", "max_image_pixels": "1000", "memory_budget_mb": "2048"},
+                                     "cpu", 0, 1, 32, 3)
+    assert (fixed.max_masks, fixed.max_pixels, fixed.budget) == (5, 1000, 2048 * MIB)
+    fixed.check(10, 100, 5, 32, 3)
+    with pytest.raises(ValueError, match="max_masks"):
+        fixed.check(10, 100, 6, 32, 3)
+    tight = ServerLimits(budget=1024 * MIB, max_masks=10**6, max_pixels=10**9)
+    with pytest.raises(ValueError, match=r"needs up to [\d,]+ MiB, over this server's 1,024 MiB per image"):
+        tight.check(10_000, 10_000, 10, 32, 3)
+    for bad in ("0", "-3", "many"):
+        with pytest.raises(ValueError, match="'auto' or a positive integer"):
+            ServerLimits.from_config({"max_masks": bad}, "cpu", 0, 1, 32, 3)
