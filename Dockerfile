@@ -34,4 +34,4 @@ COPY benchmarks ./benchmarks
 RUN pip install --no-deps . && python -c "import ssa, client.runner; from ssa.nouns import load_spacy; load_spacy()"
 
 # the generated gpu repository is mounted here read-only (docker-compose.yml)
-CMD ["tritonserver", "--model-repository=/models", "--model-control-mode=none", "--strict-readiness=true"]
+CMD ["tritonserver", "--model-repository=/models", "--model-control-mode=explicit", "--load-model=*", "--strict-readiness=true"]

@@ -19,6 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
+# explicit model control, every model loaded at start: a model whose stub died can be reloaded
+# (ssa_health does it); docker-compose.yml and the Kubernetes Job run tritonserver the same way
+MODEL_CONTROL = ("--model-control-mode=explicit", "--load-model=*")
+
 
 class ServerError(RuntimeError):
     """tritonserver could not be started or did not become ready."""
@@ -61,12 +65,14 @@ class EmbeddedServer:
     """
 
     def __init__(self, repository: str | Path, grpc_port: int = 0, http_port: int = 0,
-                 log_path: str | Path | None = None, ready_timeout: float = 300.0, verbose: int = 0):
+                 log_path: str | Path | None = None, ready_timeout: float = 300.0, verbose: int = 0,
+                 env: dict[str, str] | None = None):
         self.repository = Path(repository).resolve()
         self.grpc_port = grpc_port or free_port()
         self.http_port = http_port or free_port()
         self.ready_timeout = ready_timeout
         self.verbose = verbose
+        self.extra_env = dict(env or {})  # e.g. PYTHONPATH of another checkout (benchmarks' baseline)
         self._tmp = tempfile.TemporaryDirectory(prefix="ssa-triton-")
         self.log_path = Path(log_path) if log_path else Path(self._tmp.name) / "tritonserver.log"
         self.process: subprocess.Popen | None = None  # the reaper, tritonserver's parent
@@ -83,7 +89,7 @@ class EmbeddedServer:
                 f"--grpc-port={self.grpc_port}", f"--http-port={self.http_port}", "--grpc-address=127.0.0.1",
                 "--http-address=127.0.0.1", "--allow-metrics=false", "--allow-gpu-metrics=false",
                 "--strict-readiness=true", "--exit-on-error=true", f"--log-verbose={self.verbose}",
-                "--model-control-mode=explicit", "--load-model=*",
+                *MODEL_CONTROL,
                 "--backend-config=python,shm-default-byte-size=67108864",
                 "--backend-config=python,shm-growth-byte-size=67108864"]
 
@@ -94,6 +100,7 @@ class EmbeddedServer:
         # the Python models run with this interpreter's environment (and so import `ssa`)
         env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
         env.setdefault("OMP_NUM_THREADS", "1")
+        env.update(self.extra_env)
         return env
 
     def start(self) -> EmbeddedServer:

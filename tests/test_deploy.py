@@ -39,14 +39,26 @@ def compose() -> dict:
     return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 
 
+def assert_heals_and_probes_stubs(server_args: list[str], probe: list[str]) -> None:
+    """The server runs as the embedded one does (explicit model control: dead models can be reloaded)
+    and its probe is the request the tests send to ssa_health (tests/test_server.py): a POST of
+    {"inputs": []} to /v2/models/ssa_health/infer, failing on HTTP errors (curl -f)."""
+    from model_repository.server import MODEL_CONTROL
+
+    assert set(MODEL_CONTROL) <= set(server_args), server_args
+    assert probe[probe.index("curl") + 1] == "-sf" and "POST" in probe
+    assert json.loads(probe[probe.index("-d") + 1]) == {"inputs": []}
+    assert probe[-1].endswith(":8000/v2/models/ssa_health/infer")
+
+
 def test_compose_server_service(compose):
     server = compose["services"]["tritonserver"]
     devices = server["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
     assert any(v.endswith(":/models:ro") for v in server["volumes"])
     assert server["ports"] and all(p.startswith("127.0.0.1:") for p in server["ports"])
-    assert "--model-control-mode=none" in server["command"] and "--model-repository=/models" in server["command"]
-    assert "/v2/health/ready" in " ".join(server["healthcheck"]["test"])
+    assert "--model-repository=/models" in server["command"]
+    assert_heals_and_probes_stubs(server["command"], server["healthcheck"]["test"])
     assert int(server["shm_size"].removesuffix("gb")) >= 1
 
 
@@ -84,6 +96,8 @@ def test_kubernetes_job_shards_by_completion_index():
     pod = job["spec"]["template"]["spec"]
     server = pod["initContainers"][0]
     assert server["restartPolicy"] == "Always" and server["resources"]["limits"]["nvidia.com/gpu"] == 1
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert_heals_and_probes_stubs(server["args"], server[probe]["exec"]["command"])
     runner = pod["containers"][0]
     shards = next(e["value"] for e in runner["env"] if e["name"] == "SSA_SHARDS")
     assert int(shards) == job["spec"]["completions"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -311,3 +312,101 @@ def test_coco_export_round_trips_the_masks(folder_run, example_dir, tmp_path):
             checked += 1
     assert checked == result.annotations and set(names.values()) == {
         a["class_name"] for p in folder_run[0].glob("*_semantic.json") for a in json.loads(p.read_text())["annotations"]}
+
+
+# --- model processes killed mid-run (the OOM killer's way) ------------------------------------------
+
+def stub_pid(server_pid: int, instance: str, timeout: float = 30.0) -> int:
+    from ssa.stub_health import living_instances
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = living_instances(server_pid).get(instance)
+        if found:
+            return found
+        time.sleep(0.2)
+    raise AssertionError(f"no stub process for {instance}")
+
+
+def test_stubs_killed_mid_run_are_recovered(repositories, copied_examples, folder_run, tmp_path):
+    """ssa_engine's stub, then a compute model's, SIGKILLed during a run on a server the runner
+    does not own: no image is failed for it, and the outputs equal an uninterrupted run's."""
+    server = EmbeddedServer(repositories["cpu"], log_path=tmp_path / "triton.log").start()
+    out = tmp_path / "out"
+    runner = start_runner(copied_examples, out, server.url, 120, tmp_path / "runner.log")
+    try:
+        watch_until(out, lambda: len(outputs(out)) >= 2)
+        os.kill(stub_pid(server.pid, "ssa_engine_0_0"), signal.SIGKILL)
+        killed_at = len(outputs(out))
+        watch_until(out, lambda: len(outputs(out)) >= killed_at + 3)
+        os.kill(stub_pid(server.pid, "clipseg_visual_0_0"), signal.SIGKILL)
+        watch_until(out, lambda: runner.poll() is not None)
+    finally:
+        runner.kill() if runner.poll() is None else None
+        server.stop()
+    log = (tmp_path / "runner.log").read_text()
+    assert runner.returncode == 0, log
+    assert killed_at < 6 * COPIES and "cannot serve" in log and "serving again" in log, log
+    assert "failed" not in log.replace("failed 0", "")
+    assert outputs(out) == expected_copies(folder_run[0])
+    assert not (out / FAILURES_FILE).exists()
+
+
+def tritonserver_below(pid: int) -> int | None:
+    """The pid of the tritonserver binary among `pid`'s descendants."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                args = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if args[0].endswith(b"/tritonserver") and stat[stat.rfind(")") + 2 :][0] != "Z":
+                parent = int(stat[stat.rfind(")") + 2 :].split()[1])
+                while parent > 1:
+                    if parent == pid:
+                        return int(entry)
+                    try:
+                        st = Path(f"/proc/{parent}/stat").read_text()
+                    except OSError:
+                        break
+                    parent = int(st[st.rfind(")") + 2 :].split()[1])
+    return None
+
+
+def test_the_runner_restarts_the_server_it_owns(repositories, copied_examples, folder_run, tmp_path):
+    """`ssa annotate --embedded`: its tritonserver SIGKILLed mid-run is started again and the run
+    finishes with every image, byte-identical."""
+    out = tmp_path / "out"
+    log = tmp_path / "runner.log"
+    cmd = [sys.executable, "-m", "ssa", "annotate", "--data", str(copied_examples), "--out_dir", str(out),
+           "--embedded", str(repositories["cpu"]), "--in_flight", "2", "--retry_limit", "120"]
+    runner = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+                              env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"})
+    try:
+        watch_until(out, lambda: len(outputs(out)) >= 2)
+        triton = tritonserver_below(runner.pid)
+        assert triton is not None
+        os.kill(triton, signal.SIGKILL)
+        killed_at = len(outputs(out))
+        watch_until(out, lambda: runner.poll() is not None)
+    finally:
+        runner.kill() if runner.poll() is None else None
+    text = log.read_text()
+    assert runner.returncode == 0, text
+    assert killed_at < 6 * COPIES and "restarted" in text, text
+    assert outputs(out) == expected_copies(folder_run[0])
+
+
+@pytest.mark.parametrize("message, models", [
+    ("Stub process 'ssa_engine_0_0' is not healthy.", ["ssa_engine"]),
+    ("SubModelError: clipseg_visual: Stub process 'clipseg_visual_0_0' is not healthy.", ["clipseg_visual"]),
+    ("Stub process is not healthy.", []),
+    ("Failed to obtain the health mutex.", []),
+    ("invalid input: image: unreadable image", None),
+    ("[StatusCode.UNAVAILABLE] failed to connect to all addresses", None),
+])
+def test_dead_model_processes_are_told_from_other_failures(message, models):
+    from client.runner import dead_models
+
+    assert dead_models(RuntimeError(message)) == models

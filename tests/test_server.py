@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from model_repository.server import EmbeddedServer
 
 
@@ -108,6 +110,8 @@ def test_sigkilled_tritonserver_leaves_no_process(repositories, tmp_path):
 
 STARTER = """
 import json, sys, time
+import pytest
+
 from model_repository.server import EmbeddedServer
 server = EmbeddedServer(sys.argv[1], log_path=sys.argv[2]).start()
 print(json.dumps({"reaper": server.process.pid, "triton": server.pid}), flush=True)
@@ -128,3 +132,59 @@ def test_server_ends_when_the_process_that_started_it_dies(repositories, tmp_pat
     finally:
         if starter.poll() is None:
             starter.kill()
+
+
+def test_server_ends_when_its_reaper_is_sigkilled(repositories, tmp_path):
+    """The reaper itself SIGKILLed (nothing of its own runs): tritonserver gets its parent-death
+    signal, stops, and its stubs go with it; nothing serves afterwards."""
+    import tritonclient.grpc as grpcclient
+
+    server = EmbeddedServer(repositories["cpu"], log_path=tmp_path / "triton.log").start()
+    try:
+        everything = descendants(server.process.pid)
+        assert server.pid in everything and len(everything) >= 12
+        os.kill(server.process.pid, signal.SIGKILL)
+        server.process.wait(10)
+        assert wait_gone(everything, 45) == set()
+        from tritonclient.utils import InferenceServerException
+
+        with pytest.raises(InferenceServerException, match="UNAVAILABLE|failed to connect|Connection refused"):
+            grpcclient.InferenceServerClient(server.url).is_server_ready(client_timeout=5)
+    finally:
+        for p in descendants(server.process.pid) | ({server.pid} if server.pid else set()):
+            if alive(p):
+                os.kill(p, signal.SIGKILL)
+
+
+def test_ssa_health_tells_a_dead_stub_and_reloads_its_model(repositories, example_dir, tmp_path):
+    """Triton keeps a model "ready" after its stub died; ssa_health does not: over HTTP it answers
+    503 naming the instance and reloads the model, after which the model serves again."""
+    import urllib.error
+    import urllib.request
+
+    import tritonclient.grpc as grpcclient
+
+    from client.engine_client import annotate
+    from ssa.stub_health import living_instances
+
+    with EmbeddedServer(repositories["cpu"], log_path=tmp_path / "triton.log") as server:
+        probe = urllib.request.Request(f"http://127.0.0.1:{server.http_port}/v2/models/ssa_health/infer",
+                                       data=b'{"inputs": []}', method="POST")
+        assert json.loads(json.loads(urllib.request.urlopen(probe).read())["outputs"][0]["data"][0]) == {"healthy": True}
+        client = grpcclient.InferenceServerClient(server.url)
+        victim = living_instances(server.pid)["clip_image_0_0"]
+        os.kill(victim, signal.SIGKILL)
+        assert wait_gone({victim}, 10) == set()
+        assert client.is_model_ready("clip_image")  # Triton's own readiness does not see it
+        image, document = (example_dir / "sa_2.jpg").read_bytes(), (example_dir / "sa_2.json").read_bytes()
+        with pytest.raises(Exception, match="is not healthy"):
+            annotate(client, image, document)
+        with pytest.raises(urllib.error.HTTPError) as unhealthy:
+            urllib.request.urlopen(probe)
+        assert unhealthy.value.code == 503
+        reason = json.loads(unhealthy.value.read())["error"]
+        assert "clip_image: clip_image_0_0" in reason and "reloaded clip_image" in reason, reason
+        assert urllib.request.urlopen(probe).status == 200
+        assert living_instances(server.pid)["clip_image_0_0"] != victim
+        assert len(annotate(client, image, document)) == len(json.loads(document)["annotations"])
+        assert server.healthy()
