@@ -182,21 +182,71 @@ def upscale_logits(low_res: torch.Tensor, resized: tuple[int, int], size: tuple[
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)[:, 0]
 
 
-@dataclass
-class CropMasks:
-    """The masks one crop kept, in image coordinates."""
+# bytes of full-size mask logits upscaled at once (float32, crop size): a batch of points goes in
+# slices of this, so a large photo's 64 x 3 full-size logits never live together
+FULL_LOGITS_BYTES = 256 << 20
 
-    masks: torch.Tensor  # (N, H, W) bool, the whole image
-    boxes: torch.Tensor  # (N, 4) xyxy
+
+@dataclass
+class Region:
+    """One mask kept compact: its box (x0, y0, x1, y1, inclusive, image pixels) and the run-length
+    encoding (pycocotools) of its pixels inside that box, so a kept mask costs its outline, not its
+    area."""
+
+    box: tuple[int, int, int, int]
+    rle: dict
+
+    @classmethod
+    def inside(cls, box: tuple[int, int, int, int], pixels: np.ndarray) -> Region:
+        """From the (y1 - y0 + 1, x1 - x0 + 1) bool pixels inside `box`."""
+        from pycocotools import mask as mask_utils
+
+        return cls(tuple(int(v) for v in box), mask_utils.encode(np.asfortranarray(pixels.astype(np.uint8))))
+
+    @classmethod
+    def of(cls, mask: np.ndarray) -> Region:
+        """From an (H, W) bool mask of the image."""
+        x0, y0, x1, y1 = (int(v) for v in mask_boxes(torch.from_numpy(mask[None]))[0])
+        return cls.inside((x0, y0, x1, y1), mask[y0 : y1 + 1, x0 : x1 + 1])
+
+    def full(self, size: tuple[int, int]) -> np.ndarray:
+        """(H, W) bool: the mask on the whole image."""
+        from pycocotools import mask as mask_utils
+
+        out = np.zeros(size, dtype=bool)
+        x0, y0, x1, y1 = self.box
+        out[y0 : y1 + 1, x0 : x1 + 1] = mask_utils.decode(self.rle).astype(bool)
+        return out
+
+
+@dataclass
+class Kept:
+    """Masks kept so far (one crop's, or the image's), in image coordinates."""
+
+    regions: list[Region]
+    boxes: torch.Tensor  # (N, 4) xyxy, inclusive, int64
     iou: torch.Tensor  # (N,)
     stability: torch.Tensor  # (N,)
     points: torch.Tensor  # (N, 2) the prompt of each mask, image pixels
-    crop_box: list[int]
+    crops: list[list[int]]  # the crop box each mask came from
+
+    def take(self, keep: torch.Tensor | list[int]) -> Kept:
+        idx = [int(i) for i in keep]
+        t = torch.tensor(idx, dtype=torch.int64)
+        return Kept([self.regions[i] for i in idx], self.boxes[t], self.iou[t], self.stability[t], self.points[t],
+                    [self.crops[i] for i in idx])
+
+    @staticmethod
+    def cat(parts: list[Kept]) -> Kept:
+        return Kept([r for p in parts for r in p.regions], torch.cat([p.boxes for p in parts]),
+                    torch.cat([p.iou for p in parts]), torch.cat([p.stability for p in parts]),
+                    torch.cat([p.points for p in parts]), [c for p in parts for c in p.crops])
 
 
 def _filter_batch(low_res: torch.Tensor, iou: torch.Tensor, points: torch.Tensor, crop_box: list[int],
-                  image_size: tuple[int, int], resized: tuple[int, int], p: SamParams):
-    """One batch of decoded points (P, 3, ...) -> the masks it keeps (crop coordinates)."""
+                  image_size: tuple[int, int], resized: tuple[int, int], p: SamParams) -> Kept:
+    """One batch of decoded points (P, 3, ...) -> the masks it keeps, each as its box and pixels
+    (image coordinates). Full-size logits are made a slice at a time (FULL_LOGITS_BYTES)."""
     n_masks = low_res.shape[1]
     low_res = low_res.reshape(-1, *low_res.shape[2:])
     iou = iou.reshape(-1).float()
@@ -204,16 +254,31 @@ def _filter_batch(low_res: torch.Tensor, iou: torch.Tensor, points: torch.Tensor
     keep = iou > p.pred_iou_thresh
     low_res, iou, points = low_res[keep], iou[keep], points[keep]
     crop_h, crop_w = crop_box[3] - crop_box[1], crop_box[2] - crop_box[0]
-    logits = upscale_logits(low_res, resized, (crop_h, crop_w)) if len(low_res) else \
-        torch.zeros((0, crop_h, crop_w), device=low_res.device)
-    stability = stability_scores(logits, p.mask_threshold, p.stability_score_offset)
-    keep = stability >= p.stability_score_thresh
-    logits, iou, points, stability = logits[keep], iou[keep], points[keep], stability[keep]
-    masks = logits > p.mask_threshold
-    boxes = mask_boxes(masks) + torch.tensor([crop_box[0], crop_box[1], crop_box[0], crop_box[1]],
-                                             device=masks.device)
-    keep = ~near_crop_edge(boxes, crop_box, image_size)
-    return masks[keep], boxes[keep], iou[keep], stability[keep], points[keep]
+    offset = torch.tensor([crop_box[0], crop_box[1], crop_box[0], crop_box[1]], device=low_res.device)
+    step = max(1, FULL_LOGITS_BYTES // (4 * crop_h * crop_w))
+    regions, boxes, ious, stabilities, pts = [], [], [], [], []
+    for start in range(0, len(low_res), step):
+        sl = slice(start, start + step)
+        logits = upscale_logits(low_res[sl], resized, (crop_h, crop_w))
+        stability = stability_scores(logits, p.mask_threshold, p.stability_score_offset)
+        good = stability >= p.stability_score_thresh
+        masks = logits[good] > p.mask_threshold
+        del logits
+        mboxes = mask_boxes(masks) + offset
+        edge = ~near_crop_edge(mboxes, crop_box, image_size)
+        masks, mboxes = masks[edge], mboxes[edge]
+        for m, (x0, y0, x1, y1) in zip(masks, mboxes.tolist()):
+            cx, cy = x0 - crop_box[0], y0 - crop_box[1]
+            regions.append(Region.inside((x0, y0, x1, y1), m[cy : cy + y1 - y0 + 1, cx : cx + x1 - x0 + 1].cpu().numpy()))
+        boxes.append(mboxes.cpu())
+        ious.append(iou[sl][good][edge].cpu())
+        stabilities.append(stability[good][edge].cpu())
+        pts.append(points[sl][good][edge].cpu())
+    if not boxes:
+        empty = torch.zeros(0)
+        return Kept([], torch.zeros((0, 4), dtype=torch.int64), empty, empty.double(), torch.zeros((0, 2)), [])
+    return Kept(regions, torch.cat(boxes), torch.cat(ious), torch.cat(stabilities), torch.cat(pts),
+                [crop_box] * len(regions))
 
 
 def generate_masks(image: np.ndarray, models: SamModels, params: SamParams = SamParams(),
@@ -221,7 +286,9 @@ def generate_masks(image: np.ndarray, models: SamModels, params: SamParams = Sam
     """SA-1B annotations of SAM's masks of `image` ((H, W, 3) uint8 RGB), in output order.
 
     points_per_call: points decoded per model call (default `params.points_per_batch`; the
-    Triton model passes the crop's whole grid).
+    Triton model passes the crop's whole grid). Kept masks are held as their boxes and the RLE of
+    the pixels inside them, never as image-sized arrays; full-size logits are made a slice of
+    FULL_LOGITS_BYTES at a time, and one image-sized mask exists at a time, to encode.
     """
     from pycocotools import mask as mask_utils
 
@@ -229,7 +296,7 @@ def generate_masks(image: np.ndarray, models: SamModels, params: SamParams = Sam
     grids = [point_grid(max(1, int(params.points_per_side / params.crop_n_points_downscale_factor ** i)))
              for i in range(params.crop_n_layers + 1)]
     boxes, layers = crop_boxes((h, w), params.crop_n_layers, params.crop_overlap_ratio)
-    kept: list[CropMasks] = []
+    per_crop: list[Kept] = []
     for crop_box, layer in zip(boxes, layers):
         x0, y0, x1, y1 = crop_box
         crop = np.ascontiguousarray(image[y0:y1, x0:x1])
@@ -246,61 +313,48 @@ def generate_masks(image: np.ndarray, models: SamModels, params: SamParams = Sam
             for k in range(0, len(batch), params.points_per_batch):  # full-size logits: a batch at a time
                 sl = slice(k, k + params.points_per_batch)
                 parts.append(_filter_batch(low_res[sl], iou[sl], batch[sl], crop_box, (h, w), resized, params))
-        masks, mboxes, iou, stability, pts = (torch.cat([p[i] for p in parts]) for i in range(5))
-        keep = box_nms(mboxes, iou, params.box_nms_thresh)
-        masks, mboxes, iou, stability, pts = masks[keep], mboxes[keep], iou[keep], stability[keep], pts[keep]
-        full = torch.zeros((len(masks), h, w), dtype=torch.bool, device=masks.device)
-        full[:, y0:y1, x0:x1] = masks
-        kept.append(CropMasks(full, mboxes, iou, stability, pts + torch.tensor([x0, y0], device=pts.device),
-                              crop_box))
-    masks = torch.cat([k.masks for k in kept]).cpu()
-    mboxes = torch.cat([k.boxes for k in kept]).cpu()
-    iou = torch.cat([k.iou for k in kept]).cpu()
-    stability = torch.cat([k.stability for k in kept]).cpu()
-    pts = torch.cat([k.points for k in kept]).cpu()
-    crops = [k.crop_box for k in kept for _ in range(len(k.masks))]
-    if len(boxes) > 1 and len(masks):  # across crops: the smaller crop's mask wins
-        areas = torch.tensor([(c[2] - c[0]) * (c[3] - c[1]) for c in crops], dtype=torch.float64)
-        keep = box_nms(mboxes, 1.0 / areas, params.crop_nms_thresh)
-        masks, mboxes, iou, stability, pts = masks[keep], mboxes[keep], iou[keep], stability[keep], pts[keep]
-        crops = [crops[i] for i in keep.tolist()]
-    masks_np = masks.numpy()
-    if params.min_mask_region_area > 0 and len(masks_np):
-        masks_np, mboxes, iou, stability, pts, crops = _small_regions(
-            masks_np, mboxes, iou, stability, pts, crops, params)
+        kept = Kept.cat(parts)
+        kept = kept.take(box_nms(kept.boxes, kept.iou, params.box_nms_thresh))
+        kept.points = kept.points + torch.tensor([x0, y0], dtype=kept.points.dtype)
+        per_crop.append(kept)
+    kept = Kept.cat(per_crop)
+    if len(boxes) > 1 and len(kept.regions):  # across crops: the smaller crop's mask wins
+        areas = torch.tensor([(c[2] - c[0]) * (c[3] - c[1]) for c in kept.crops], dtype=torch.float64)
+        kept = kept.take(box_nms(kept.boxes, 1.0 / areas, params.crop_nms_thresh))
+    if params.min_mask_region_area > 0 and len(kept.regions):
+        kept = _small_regions(kept, (h, w), params)
     out = []
-    for i in range(len(masks_np)):
-        rle = mask_utils.encode(np.asfortranarray(masks_np[i].astype(np.uint8)))
-        x0b, y0b, x1b, y1b = (int(v) for v in mboxes[i])
-        c = crops[i]
+    for i, region in enumerate(kept.regions):
+        rle = mask_utils.encode(np.asfortranarray(region.full((h, w)).astype(np.uint8)))
+        x0b, y0b, x1b, y1b = (int(v) for v in kept.boxes[i])
+        c = kept.crops[i]
         out.append({
             "id": i,
             "segmentation": {"size": [h, w], "counts": rle["counts"].decode("ascii")},
             "area": int(mask_utils.area(rle)),
             "bbox": [x0b, y0b, x1b - x0b, y1b - y0b],
-            "predicted_iou": float(iou[i]),
-            "point_coords": [[float(pts[i, 0]), float(pts[i, 1])]],
-            "stability_score": float(stability[i]),
+            "predicted_iou": float(kept.iou[i]),
+            "point_coords": [[float(kept.points[i, 0]), float(kept.points[i, 1])]],
+            "stability_score": float(kept.stability[i]),
             "crop_box": [c[0], c[1], c[2] - c[0], c[3] - c[1]],
         })
     return out
 
 
-def _small_regions(masks, boxes, iou, stability, pts, crops, p: SamParams):
+def _small_regions(kept: Kept, size: tuple[int, int], p: SamParams) -> Kept:
     """Remove small islands and holes of each mask, then NMS again (changed masks lose ties), as
-    segment-anything's postprocess_small_regions."""
-    new_masks, scores = [], []
-    for m in masks:
-        m, changed = remove_small_regions(m, p.min_mask_region_area, "holes")
+    segment-anything's postprocess_small_regions. One image-sized mask at a time."""
+    regions, scores = [], []
+    for region in kept.regions:
+        m, changed = remove_small_regions(region.full(size), p.min_mask_region_area, "holes")
         unchanged = not changed
         m, changed = remove_small_regions(m, p.min_mask_region_area, "islands")
         unchanged = unchanged and not changed
-        new_masks.append(m)
+        regions.append(Region.of(m) if not unchanged else region)
         scores.append(float(unchanged))
-    stacked = np.stack(new_masks)
-    new_boxes = mask_boxes(torch.from_numpy(stacked))
-    keep = box_nms(new_boxes, torch.tensor(scores), p.box_nms_thresh).tolist()
-    return (stacked[keep], new_boxes[keep], iou[keep], stability[keep], pts[keep], [crops[i] for i in keep])
+    new_boxes = torch.tensor([r.box for r in regions], dtype=torch.int64).reshape(-1, 4)
+    kept = Kept(regions, new_boxes, kept.iou, kept.stability, kept.points, kept.crops)
+    return kept.take(box_nms(new_boxes, torch.tensor(scores), p.box_nms_thresh))
 
 
 def sa1b_document(image_size: tuple[int, int], file_name: str, annotations: list[dict], image_id: int = 0) -> dict:

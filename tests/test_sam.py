@@ -236,3 +236,32 @@ def test_deeper_crop_layers_keep_at_least_one_point(torch_sam, example_dir):
     params = SamParams(points_per_side=1, crop_n_layers=1, crop_n_points_downscale_factor=8)
     for ann in generate_masks(image, torch_sam, params):
         assert ann["crop_box"][2] > 0 and ann["area"] > 0
+
+
+SAM_PEAK = """
+import resource, sys
+import numpy as np, skimage.data
+from PIL import Image
+from ssa.params import SamParams
+from ssa.sam import generate_masks
+from ssa.torch_models import torch_sam
+models = torch_sam(sys.argv[1])
+image = np.asarray(Image.fromarray(skimage.data.coffee()).resize((4000, 3000)))
+params = SamParams(points_per_side=int(sys.argv[2]), pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0)
+masks = generate_masks(image, models, params)
+print(len(masks), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+"""
+
+
+def test_sam_memory_does_not_grow_with_its_masks_on_a_large_photo(tiny_profile):
+    """12 megapixels, every mask kept: 48 then 192 candidate masks of 48 MB of full-size logits
+    each. Logits are upscaled a slice at a time and kept masks held as box + RLE, so the peak
+    hardly moves (before: every batch's logits and every kept mask at full size, 2.2 GB at 48)."""
+    peaks = {}
+    for side in (4, 8):
+        out = subprocess.run([sys.executable, "-c", SAM_PEAK, str(tiny_profile), str(side)], capture_output=True,
+                             text=True, check=True, cwd=Path(__file__).parents[1]).stdout.split()
+        peaks[side] = (int(out[-2]), int(out[-1]))
+    (kept_few, few), (kept_many, many) = peaks[4], peaks[8]
+    assert kept_many > 2 * kept_few  # four times the points: many more masks kept
+    assert many <= 1.25 * few, peaks
