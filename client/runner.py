@@ -198,7 +198,6 @@ class Server:
         self.has_health = False  # serves ssa_health (stub liveness; reloads dead models)
         self.owner = owner  # the EmbeddedServer this runner started, or None
         self.recovering = asyncio.Lock()  # one recovery at a time, however many requests saw the fault
-        self.recoveries = 0
 
     def up(self) -> None:
         self.down_since, self.delay = None, 0.5
@@ -241,10 +240,8 @@ class Server:
                 return True
             what = ", ".join(models) or "the server"
             tqdm.write(f"server {self.url}: {what} cannot serve ({reason.splitlines()[0]}); recovering")
-            self.recoveries += 1
             if self.owner is not None and (not self.owner.alive() or not self.has_health):
-                await asyncio.to_thread(self.owner.restart)
-                tqdm.write(f"server {self.url}: restarted")
+                await self._restart_owner()
             elif not self.has_health:
                 for model in models:
                     try:  # a plain load of a loaded model does nothing: unload it first
@@ -253,14 +250,23 @@ class Server:
                     except Exception as exc:  # not in explicit model control: wait for someone to restart it
                         tqdm.write(f"server {self.url}: cannot reload {model} ({error_text(exc).splitlines()[0]})")
             while not await self.ready_now():
-                if self.owner is not None and not self.owner.alive():
-                    await asyncio.to_thread(self.owner.restart)
+                if self.owner is not None and not self.owner.alive() and await self._restart_owner():
                     continue
                 if not await self.wait_after_failure(f"{what} cannot serve"):
                     return False
             self.up()
             tqdm.write(f"server {self.url}: serving again")
             return True
+
+    async def _restart_owner(self) -> bool:
+        """Restart the server this runner started; False (reported) when it did not come up."""
+        try:
+            await asyncio.to_thread(self.owner.restart)
+        except Exception as exc:  # ServerError: it did not start; retried with backoff
+            tqdm.write(f"server {self.url}: restart failed ({str(exc).splitlines()[0]})")
+            return False
+        tqdm.write(f"server {self.url}: restarted")
+        return True
 
     async def wait_ready(self) -> None:
         """Wait until the server and `ssa_engine` are ready (it may be starting); ServersUnavailable

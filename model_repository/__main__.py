@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
                                 args.engine_instances, overlap={"auto": None, "on": True, "off": False}[args.overlap],
                                 include_sam=not args.no_sam,
                                 limits={k: getattr(args, k) for k in ("max_masks", "max_image_pixels", "memory_budget_mb")})
-        except FileNotFoundError as exc:
+        except (FileNotFoundError, ValueError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         print(f"model repository written to {out}")

@@ -17,6 +17,7 @@ import shutil
 from pathlib import Path
 
 from ssa import __version__
+from ssa.limits import parse_limit
 from ssa.params import EngineParams, SamParams
 
 MODELS_SRC = Path(__file__).parent / "models"
@@ -132,6 +133,10 @@ def generate_repository(export_dir: str | Path, profile_dir: str | Path, out_dir
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; targets are {', '.join(TARGETS)}")
     export_dir, profile_dir, out_dir = Path(export_dir), Path(profile_dir), Path(out_dir)
+    for key, value in (limits or {}).items():
+        if key not in LIMIT_KEYS:
+            raise ValueError(f"unknown limit {key!r}; limits are {', '.join(LIMIT_KEYS)}")
+        parse_limit(key, value, 0)
     manifest = json.loads((export_dir / "manifest.json").read_text())
     missing = [m for m in (*COMPUTE, "blip_text_prefill", "blip_text_step") if m not in manifest["models"]]
     if missing:

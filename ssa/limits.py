@@ -74,15 +74,15 @@ class ServerLimits:
                     batch_size: int, top_k: int) -> ServerLimits:
         """From ssa_engine's config parameters ("auto" or a number each). images_at_once: the images
         that may be in progress together on this device (instances x images in progress)."""
-        budget_mb = params.get("memory_budget_mb", "auto")
-        if budget_mb == "auto":
+        budget_mb = parse_limit("memory_budget_mb", params.get("memory_budget_mb", "auto"), 0)
+        if budget_mb == 0:  # auto
             budget = int(memory_of(device, device_index) * MEMORY_SHARE.get(device, 0.5) / max(1, images_at_once))
         else:
-            budget = int(float(budget_mb) * MIB)
+            budget = budget_mb * MIB
         base = image_bound(0, 0, 0, batch_size, top_k)
         room = max(0, budget - base)
-        max_pixels = _number(params, "max_image_pixels", room // PER_PIXEL)
-        max_masks = _number(params, "max_masks", min(MAX_MASKS_CAP, room // PER_MASK))
+        max_pixels = parse_limit("max_image_pixels", params.get("max_image_pixels", "auto"), room // PER_PIXEL)
+        max_masks = parse_limit("max_masks", params.get("max_masks", "auto"), min(MAX_MASKS_CAP, room // PER_MASK))
         return cls(budget, max_masks, max_pixels)
 
     def check(self, height: int, width: int, masks: int, batch_size: int, top_k: int) -> None:
@@ -109,9 +109,10 @@ class RequestTooLarge(InputError):
         super().__init__(f"too large: {problem}")
 
 
-def _number(params: dict[str, str], key: str, auto: int) -> int:
-    value = params.get(key, "auto")
-    if value == "auto":
+def parse_limit(key: str, value: str, auto: int) -> int:
+    """A limit parameter of ssa_engine's config: "auto" (gives `auto`) or a positive integer;
+    ValueError naming the parameter otherwise."""
+    if str(value) == "auto":
         return int(auto)
     try:
         number = int(value)
