@@ -319,6 +319,15 @@ class ImageJob:
         return labels
 
 
+    def run(self) -> list[MaskLabel]:
+        """Every step in a row, one model call at a time: the labels of every mask, in order."""
+        self.set_semantic(self.models.semantic_scores(self.oneformer_inputs()))
+        labels: list[MaskLabel] = []
+        for rows in self.chunks:
+            labels += self.finish_chunk(rows, self.models.mask_stage(self.chunk_inputs(rows)))
+        return labels
+
+
 def annotate_image(image: np.ndarray, mask_set: MaskSet, models: TensorModels, processors: Processors,
                    params: EngineParams = EngineParams(), nlp=None, kernel: str = "auto",
                    vocabulary: Vocabulary | None = None) -> list[MaskLabel]:
@@ -329,9 +338,4 @@ def annotate_image(image: np.ndarray, mask_set: MaskSet, models: TensorModels, p
     """
     if len(mask_set) == 0:
         return []
-    job = ImageJob(image, mask_set, models, processors, params, nlp, kernel, vocabulary)
-    job.set_semantic(models.semantic_scores(job.oneformer_inputs()))
-    labels: list[MaskLabel] = []
-    for rows in job.chunks:
-        labels += job.finish_chunk(rows, models.mask_stage(job.chunk_inputs(rows)))
-    return labels
+    return ImageJob(image, mask_set, models, processors, params, nlp, kernel, vocabulary).run()

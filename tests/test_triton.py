@@ -183,12 +183,16 @@ def test_overlapped_engine_equals_the_reference(tiny_profile, tiny_export, examp
 
     from model_repository.generate import generate_repository
 
+    from ssa.params import EngineParams
+
     repo = generate_repository(tiny_export, tiny_profile, tmp_path / "overlap", "cpu", overlap=True)
     items = list(folder_items(example_dir))[:3]
+    chunked = EngineParams(batch_size=3)  # 10 masks an image: 4 chunks, each BLIP + CLIP pair in flight together
     with EmbeddedServer(repo, log_path=tmp_path / "triton.log") as s:
         client = grpcclient.InferenceServerClient(s.url)
         with ThreadPoolExecutor(len(items)) as pool:  # together, so Triton batches them
-            results = list(pool.map(lambda i: annotate(client, i.image.read_bytes(), i.annotations.read_bytes()), items))
+            results = list(pool.map(lambda i: annotate(client, i.image.read_bytes(), i.annotations.read_bytes(),
+                                                       chunked), items))
     for item, got in zip(items, results):
         assert [(g.class_name, g.class_proposals, g.caption) for g in got] == \
                [(e.class_name, e.class_proposals, e.caption) for e in reference_labels[item.stem]]

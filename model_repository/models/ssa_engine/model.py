@@ -3,7 +3,10 @@ encoded bytes) + its SA-1B annotations; the response gives, per mask, the class 
 proposals, their CLIP scores, the CLIPSeg vote share and the caption.
 
 A BLS model, because the flow branches and loops per image: it runs `ssa.engine.ImageJob` with the
-compute models reached through BLS requests, every mask of the image batched per model. The
+compute models reached through BLS requests, the masks of the image a chunk (at most
+`batch_size`) at a time, so its memory does not grow with their number; a request over the
+instance's limits (`ssa.limits`: masks, pixels, the memory bound) is refused with INVALID_ARG
+before anything is decoded. The
 engine's tensors live on this instance's device (a GPU in the gpu target) and go to the compute
 models by DLPack; each sub-request asks for its outputs in that memory (`preferred_memory`), so
 nothing returns to the host between models. In the gpu target the image stage's independent
@@ -210,13 +213,7 @@ class TritonPythonModel:
         if len(masks) == 0:
             return label_tensors([], params.top_k)
         job = ImageJob(image, masks, self.models, self.processors, params, self.nlp, vocabulary=vocabulary)
-        if self.concurrent_image_stage:
-            labels = await annotate_overlapped(job, self.models)
-        else:
-            job.set_semantic(self.models.semantic_scores(job.oneformer_inputs()))
-            labels = []
-            for rows in job.chunks:
-                labels += job.finish_chunk(rows, self.models.mask_stage(job.chunk_inputs(rows)))
+        labels = await annotate_overlapped(job, self.models) if self.concurrent_image_stage else job.run()
         return label_tensors(labels, params.top_k)
 
     async def _respond(self, request, slots: asyncio.Semaphore):
