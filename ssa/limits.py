@@ -25,7 +25,7 @@ from ssa.errors import InputError
 
 MIB = 1 << 20
 # coefficients of the bound (bytes), measured and rounded up (docs/data_plane.md, benchmarks.scaling)
-PER_PIXEL = 20  # image 3 + class maps 2 + one full-size class resize ~10 or one float32 CLIPSeg crop 12 + mask 1
+PER_PIXEL = 32  # image 3 (+ its decoder's copy 3), class maps 2, a float32 CLIPSeg crop 12 or a class resize ~10, masks 2 (measured ~30 at 100 MP)
 PER_ROW = 12 * MIB  # one chunk row: BLIP, CLIP and CLIPSeg pixels, BLIP's image embeddings, caption, votes
 PER_PROMPT = 1 * MIB  # CLIPSeg's 512 x 512 float32 logits per proposal of a row
 PER_MASK = 64 << 10  # one mask: its RLE, parsed annotation, extents, answers, and what the host keeps of it (measured ~45 KB)
