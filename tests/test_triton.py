@@ -182,7 +182,6 @@ def test_overlapped_engine_equals_the_reference(tiny_profile, tiny_export, examp
     import tritonclient.grpc as grpcclient
 
     from model_repository.generate import generate_repository
-
     from ssa.params import EngineParams
 
     repo = generate_repository(tiny_export, tiny_profile, tmp_path / "overlap", "cpu", overlap=True)
