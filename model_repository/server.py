@@ -128,12 +128,15 @@ class EmbeddedServer:
         return self.process is not None and self.process.poll() is None
 
     def healthy(self) -> bool:
-        """Ready, and every Python model's stub alive (`ssa_health`, where the repository has it)."""
+        """Both endpoints open, ssa_engine ready, and every Python model's stub alive (`ssa_health`,
+        where the repository has it)."""
         import tritonclient.grpc as grpcclient
 
         from client.engine_client import HEALTH_MODEL, health_inputs
 
         try:
+            # both endpoints: the HTTP one (the probes' and perf_analyzer's) may open after gRPC
+            socket.create_connection(("127.0.0.1", self.http_port), timeout=2).close()
             with grpcclient.InferenceServerClient(self.url) as client:
                 if not (client.is_server_ready() and client.is_model_ready("ssa_engine")):
                     return False

@@ -140,13 +140,13 @@ def _configs(repo: Path) -> dict:
 
 def test_gpu_configs_parse_and_agree_with_cpu(repositories):
     cpu, gpu = _configs(repositories["cpu"]), _configs(repositories["gpu"])
-    assert set(cpu) == set(gpu) and "ssa_engine" in cpu and "sam_masks" in cpu and len(cpu) == 13
+    assert set(cpu) == set(gpu) and {"ssa_engine", "sam_masks", "ssa_health"} <= set(cpu) and len(cpu) == 14
     for name, c in cpu.items():
         g = gpu[name]
         assert c.max_batch_size == g.max_batch_size
         for a, b in ((c.input, g.input), (c.output, g.output)):
             assert [(t.name, t.data_type, list(t.dims)) for t in a] == [(t.name, t.data_type, list(t.dims)) for t in b]
-        if name not in ("ssa_engine", "blip_caption", "sam_masks"):
+        if name not in ("ssa_engine", "blip_caption", "sam_masks", "ssa_health"):
             assert c.backend == "python" and g.platform == "onnxruntime_onnx"
             assert g.instance_group[0].kind == g.instance_group[0].KIND_GPU
             accel = g.optimization.execution_accelerators.gpu_execution_accelerator[0]
@@ -164,6 +164,11 @@ def test_gpu_configs_parse_and_agree_with_cpu(repositories):
     assert engine_cpu.parameters["device"].string_value == "cpu"
     for key, on_gpu, on_cpu in (("images_in_progress", "2", "1"), ("concurrent_image_stage", "1", "0")):
         assert (engine_gpu.parameters[key].string_value, engine_cpu.parameters[key].string_value) == (on_gpu, on_cpu)
+    for health in (gpu["ssa_health"], cpu["ssa_health"]):  # the probe runs on the CPU whatever the target
+        assert health.backend == "python" and health.instance_group[0].kind == health.instance_group[0].KIND_CPU
+        assert health.parameters["heal"].string_value == "1"
+    for key in ("max_masks", "max_image_pixels", "memory_budget_mb"):
+        assert engine_gpu.parameters[key].string_value == engine_cpu.parameters[key].string_value == "auto"
     outputs = json.loads(engine_gpu.parameters["sub_model_outputs"].string_value)
     assert outputs["blip_caption"] == ["token_ids"] and outputs["clipseg_visual"] == [
         t.name for t in gpu["clipseg_visual"].output]
