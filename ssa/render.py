@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from ssa.masks import mask_extent
+
 MAX_SIDE = 1600  # longest side of the drawn photo, in pixels (SA-1B photos are ~1500 x 2250)
 FILL_ALPHA = 0.5
 LEGEND_CHARS = 40  # longer names are cut in the legend (labels on the photo are never cut)
@@ -50,17 +52,10 @@ def _scaled(image: np.ndarray, masks, max_side: int) -> tuple[np.ndarray, list[R
         m = masks.mask(i) if hasattr(masks, "mask") else np.asarray(masks[i], dtype=bool)
         if scale != 1.0:
             m = np.asarray(Image.fromarray(m).resize(size, Image.Resampling.NEAREST))
-        box = _extent(m)
-        regions.append((box, m[box[0] : box[1], box[2] : box[3]].copy()))
+        y0, x0, y1, x1 = mask_extent(m)
+        box = (y0, y1, x0, x1)
+        regions.append((box, m[y0:y1, x0:x1].copy()))
     return photo, regions, scale
-
-
-def _extent(mask: np.ndarray) -> tuple[int, int, int, int]:
-    """(y0, y1, x0, x1) of the mask's pixels (an empty box for an empty mask)."""
-    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-    if len(rows) == 0:
-        return 0, 0, 0, 0
-    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
 
 
 def _outline(mask: np.ndarray, width: int) -> np.ndarray:

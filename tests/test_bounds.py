@@ -5,7 +5,6 @@ goes on."""
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from benchmarks.scaling import few_masks_document, jpeg, peak_rss
 from client.engine_client import annotate
 from ssa.examples import dense_document
 from ssa.limits import MIB, PER_MASK, PER_PIXEL, ServerLimits, image_bound
@@ -22,22 +22,6 @@ from ssa.stub_health import living_instances
 # peak resident memory of ssa_engine's process with 2,000 masks on one photo, at most this times
 # its peak with 100 (before the chunked data plane: ~6x on the tiny profile, 2.4 MB of crops a mask)
 MASKS_PEAK_RATIO = 1.25
-
-
-def peak_rss(pid: int) -> int:
-    """Bytes: the process's peak resident set (VmHWM)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmHWM for {pid}")
-
-
-def jpeg(rgb: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="JPEG", quality=90)
-    return buf.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -78,19 +62,12 @@ def test_a_large_photo_stays_inside_the_stated_bound(own_server):
     import tritonclient.grpc as grpcclient
     from PIL import Image
 
-    from ssa.examples import annotation
-
     client = grpcclient.InferenceServerClient(own_server.url)
     engine = living_instances(own_server.pid)["ssa_engine_0_0"]
     before = peak_rss(engine)
     height, width = 3000, 4000
     rgb = np.asarray(Image.fromarray(skimage.data.astronaut()).resize((width, height)))
-    masks = [np.ones((height, width), bool), np.zeros((height, width), bool), np.zeros((height, width), bool)]
-    masks[1][: height // 2, : width // 3] = True
-    masks[2][height - 40 :, 100:2100] = True
-    document = {"image": {"image_id": 1, "width": width, "height": height, "file_name": "big.jpg"},
-                "annotations": [annotation(m, i) for i, m in enumerate(masks)]}
-    del masks
+    document = few_masks_document(height, width)  # the whole photo, its top-left quarter, a strip
     labels = annotate(client, jpeg(rgb), json.dumps(document).encode())
     assert len(labels) == 3
     grown = peak_rss(engine) - before
@@ -101,18 +78,16 @@ def test_a_large_photo_stays_inside_the_stated_bound(own_server):
 
 
 @pytest.fixture(scope="module")
-def limited_server(repositories, tmp_path_factory):
-    """A server whose ssa_engine takes at most 60 masks and 300,000 pixels per image."""
+def limited_server(tiny_export, tiny_profile, tmp_path_factory):
+    """A server whose ssa_engine takes at most 60 masks and 300,000 pixels per image (set at
+    generation, as `python -m model_repository generate --max_masks 60 --max_image_pixels 300000`)."""
+    from model_repository.generate import generate_repository
     from model_repository.server import EmbeddedServer
 
-    repo = tmp_path_factory.mktemp("limited") / "repository"
-    shutil.copytree(repositories["cpu"], repo)
-    config = repo / "ssa_engine" / "config.pbtxt"
-    text = config.read_text()
-    for key, value in (("max_masks", "60"), ("max_image_pixels", "300000")):
-        text = text.replace(f'key: "{key}"\n  value: {{ string_value: "auto" }}', f'key: "{key}"\n  value: {{ string_value: "{value}" }}')
+    repo = generate_repository(tiny_export, tiny_profile, tmp_path_factory.mktemp("limited") / "repository", "cpu",
+                               limits={"max_masks": "60", "max_image_pixels": "300000"})
+    text = (repo / "ssa_engine" / "config.pbtxt").read_text()
     assert 'string_value: "60"' in text and 'string_value: "300000"' in text
-    config.write_text(text)
     with EmbeddedServer(repo, log_path=tmp_path_factory.mktemp("log") / "triton.log") as s:
         yield s
 
