@@ -92,6 +92,13 @@ def parse_result(result) -> list[MaskLabel]:
     return labels
 
 
+def runtime_of(result) -> dict | None:
+    """What ran the server's models for this response (its `runtime` output), None from a server
+    of an earlier version."""
+    value = result.as_numpy("runtime")
+    return json.loads(text_of(value.reshape(-1)[0])) if value is not None and value.size else None
+
+
 def annotate(client, image_bytes: bytes, document_bytes: bytes, params: EngineParams | None = None,
              timeout: float | None = None, vocabulary: Vocabulary | None = None) -> list[MaskLabel]:
     """One synchronous request; raises EngineRequestError with the server's message."""

@@ -39,6 +39,7 @@ from client.engine_client import (
     image_id,
     params_bytes,
     parse_result,
+    runtime_of,
     sam_inputs,
     text_of,
 )
@@ -482,7 +483,8 @@ class Run:
             return result is FAILED
         try:
             labels = parse_result(result)
-            await asyncio.to_thread(write_result, cfg, self.prov, item, payload, labels)
+            prov = {**self.prov, "runtime": runtime_of(result)}
+            await asyncio.to_thread(write_result, cfg, prov, item, payload, labels)
         except InputError as exc:
             self.fail({"file": str(exc.source or item.image), "reason": exc.problem})
             return True

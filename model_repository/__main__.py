@@ -7,7 +7,7 @@ import signal
 import sys
 from pathlib import Path
 
-from model_repository.generate import TARGETS, generate_repository
+from model_repository.generate import BACKENDS, DEFAULT_PRECISION, TARGETS, generate_repository
 from model_repository.server import EmbeddedServer, ServerError
 
 
@@ -17,11 +17,20 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", help="write artifacts/repository/<profile>-<target> from the ONNX export")
     g.add_argument("--profile", default="tiny")
-    g.add_argument("--target", default="cpu", choices=TARGETS, help="cpu: Python+ONNX Runtime; gpu: native ORT/TensorRT")
+    g.add_argument("--target", default="cpu", choices=TARGETS, help="cpu: Python models on OpenVINO or ONNX Runtime (--backend); gpu: native ORT/TensorRT fp16")
     g.add_argument("--models_dir", type=Path, default=Path("artifacts/models"))
     g.add_argument("--onnx_dir", type=Path, default=None, help="default artifacts/onnx/<profile>")
     g.add_argument("--out", type=Path, default=None, help="default artifacts/repository/<profile>-<target>")
-    g.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads per model (cpu target)")
+    g.add_argument("--threads", type=int, default=2, help="threads per compute model (cpu target)")
+    g.add_argument("--backend", default="openvino", choices=BACKENDS,
+                   help="cpu target: openvino (default; Python models on OpenVINO Runtime, bf16 on CPUs with bf16 "
+                        "matrix units), onnxruntime (Python models on ONNX Runtime, fp32), openvino_native "
+                        "(Triton's own openvino backend, as in NGC CPU images; not in the embedded server)")
+    g.add_argument("--precision", default=None, metavar="SPEC",
+                   help="cpu target: fp32, bf16, or a default then per-graph exceptions, e.g. "
+                        f"'bf16,oneformer_coco=fp32' (default: {DEFAULT_PRECISION} on OpenVINO, fp32 on ONNX Runtime). "
+                        "fp32 gives labels identical to the reference; bf16 on a CPU without bf16 units runs fp32 "
+                        "and says so. What ran is recorded in every output's provenance")
     g.add_argument("--engine_instances", type=int, default=0,
                    help="ssa_engine instances (default 0: 1 on the cpu target, 2 on the gpu target, so one "
                         "image's host work overlaps another's models)")
@@ -47,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             generate_repository(onnx_dir, args.models_dir / args.profile, out, args.target, args.threads,
                                 args.engine_instances, overlap={"auto": None, "on": True, "off": False}[args.overlap],
-                                include_sam=not args.no_sam,
+                                include_sam=not args.no_sam, backend=args.backend, precision=args.precision,
                                 limits={k: getattr(args, k) for k in ("max_masks", "max_image_pixels", "memory_budget_mb")})
         except (FileNotFoundError, ValueError) as exc:
             print(f"error: {exc}", file=sys.stderr)

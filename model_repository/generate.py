@@ -1,8 +1,11 @@
 """Write a Triton model repository for one profile and one target from the exported ONNX files.
 
 Targets share tensor names, shapes and types; only how each compute model runs differs:
-- cpu: every ONNX model is a Python model running ONNX Runtime (the embedded tritonserver has only
-  the Python backend), instances on the CPU, threads set for the machine.
+- cpu: every ONNX model is a Python model (the embedded tritonserver has only the Python backend)
+  running OpenVINO (`backend="openvino"`, the default: bf16 on CPUs with bf16 matrix units where
+  `precision` asks for it) or ONNX Runtime (`backend="onnxruntime"`, fp32), instances on the CPU,
+  threads set for the machine. `backend="openvino_native"` writes the compute models for Triton's
+  own `openvino` backend instead (NGC CPU images have it; the embedded server does not).
 - gpu: the ONNX models run natively on `onnxruntime_onnx` with the TensorRT accelerator (fp16), or
   as `tensorrt_plan` where `model.plan` engines were built; instances on GPUs.
 Both: `blip_caption` (the decoding loop with its key/value cache) and `ssa_engine` (BLS) are
@@ -46,6 +49,11 @@ ENGINE_INSTANCES = {"cpu": 1, "gpu": 2}
 OVERLAP = {"cpu": False, "gpu": True}
 # ssa_engine's request limits (ssa.limits.ServerLimits): "auto" derives each from the instance's memory
 LIMIT_KEYS = ("max_masks", "max_image_pixels", "memory_budget_mb")
+# how the cpu target runs its compute models; the precision each graph runs in (ssa.openvino_models)
+BACKENDS = ("openvino", "onnxruntime", "openvino_native")
+# bf16 everywhere but SAM's point decoder, whose mask logits (thresholded at 0, stability at +-1)
+# move by most of their range in bf16 on the tiny models; its FLOPs are a few percent of SAM's
+DEFAULT_PRECISION = "bf16,sam_decoder=fp32"
 TRITON_TYPE = {"FP32": "TYPE_FP32", "INT64": "TYPE_INT64", "INT32": "TYPE_INT32", "STRING": "TYPE_STRING"}
 
 
@@ -100,7 +108,9 @@ ENGINE_OUTPUTS = [{"name": "class_name", "dtype": "STRING", "dims": ["batch", "m
                   {"name": "class_proposals", "dtype": "STRING", "dims": ["batch", "masks", "k"]},
                   {"name": "proposal_scores", "dtype": "FP32", "dims": ["batch", "masks", "k"]},
                   {"name": "vote_share", "dtype": "FP32", "dims": ["batch", "masks"]},
-                  {"name": "caption", "dtype": "STRING", "dims": ["batch", "masks"]}]
+                  {"name": "caption", "dtype": "STRING", "dims": ["batch", "masks"]},
+                  # what ran the models (target, backend, each graph's precision), JSON
+                  {"name": "runtime", "dtype": "STRING", "dims": ["batch", 1]}]
 
 
 SAM_INPUTS = [{"name": "image", "dtype": "STRING", "dims": [1]}, {"name": "params", "dtype": "STRING", "dims": [1]}]
@@ -112,6 +122,30 @@ HEALTH_INPUTS = [{"name": "probe", "dtype": "INT32", "dims": [1]}]
 HEALTH_OUTPUTS = [{"name": "status", "dtype": "STRING", "dims": [1]}]
 
 
+def precision_plan(backend: str, precision: str | None, names: list[str]) -> dict[str, str]:
+    """Per-graph precision of the cpu target from a spec ("bf16", "fp32", "bf16,oneformer_coco=fp32";
+    None: DEFAULT_PRECISION on OpenVINO, fp32 on ONNX Runtime); a clear error for what a backend
+    cannot run."""
+    from ssa.openvino_models import parse_precisions
+
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; backends are {', '.join(BACKENDS)}")
+    if precision is None:
+        precision = "fp32" if backend == "onnxruntime" else DEFAULT_PRECISION
+    plan = parse_precisions(precision, names)
+    if backend == "onnxruntime" and set(plan.values()) != {"fp32"}:
+        raise ValueError(f"precision {precision!r}: the onnxruntime backend runs fp32 only; use --backend openvino for bf16")
+    if backend == "openvino_native" and "fp32" in plan.values():
+        fp32 = sorted(n for n, p in plan.items() if p == "fp32")
+        raise ValueError(f"precision {precision!r}: Triton's native openvino backend has no setting that forces f32 "
+                         f"(only HINT_BF16=YES; on a CPU with bf16 units OpenVINO's own default is bf16), so "
+                         f"{', '.join(fp32)} cannot be promised fp32 there; use --backend openvino, or bf16 for every graph")
+    return plan
+
+
+NATIVE_OPENVINO = 'backend: "openvino"\ndefault_model_filename: "model.onnx"'
+
+
 def _link_or_copy(src: Path, dst: Path) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -120,16 +154,35 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
+def _same(plan: dict[str, str], *names: str) -> str:
+    """The one precision of graphs that run in one model (blip_caption's two text graphs)."""
+    values = {plan[n] for n in names}
+    if len(values) != 1:
+        raise ValueError(f"{', '.join(names)} run in one model: give them one precision, got {plan}")
+    return values.pop()
+
+
+def runtime(target: str, backend: str, plan: dict[str, str] | None, export_dir: Path, graphs: list[str]) -> dict:
+    """What runs the graphs, as asked (ssa_engine resolves it on its machine and records it in the outputs)."""
+    if target == "gpu":
+        engines = sorted(n for n in graphs if (export_dir / f"{n}.plan").exists())
+        return {"target": "gpu", "backend": "tensorrt", "precision": "fp16",
+                "graphs": {n: ("tensorrt_plan" if n in engines else "onnxruntime_onnx+tensorrt") for n in COMPUTE}}
+    return {"target": "cpu", "backend": backend, "precision": plan}
+
+
 def generate_repository(export_dir: str | Path, profile_dir: str | Path, out_dir: str | Path, target: str = "cpu",
                         threads: int = 2, engine_instances: int = 0, params: EngineParams = EngineParams(),
                         overlap: bool | None = None, sam_params: SamParams = SamParams(),
-                        include_sam: bool = True, limits: dict[str, str] | None = None) -> Path:
+                        include_sam: bool = True, limits: dict[str, str] | None = None, backend: str = "openvino",
+                        precision: str | None = None) -> Path:
     """Write the repository to `out_dir` (replacing it); returns out_dir. engine_instances 0 and
     overlap None take the target's defaults (ENGINE_INSTANCES, OVERLAP). SAM's models are served
     when the export has them, unless `include_sam` is False (a labelling-only server: SAM ViT-H
     alone holds 2.5 GB). limits: ssa_engine's request limits, "max_masks", "max_image_pixels" and
     "memory_budget_mb", each a number or "auto" (the default: derived at start from the instance's
-    memory and the engine's memory bound, `ssa.limits`)."""
+    memory and the engine's memory bound, `ssa.limits`). backend and precision: how the cpu target
+    runs its graphs (BACKENDS, `precision_plan`); the gpu target runs TensorRT fp16."""
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; targets are {', '.join(TARGETS)}")
     export_dir, profile_dir, out_dir = Path(export_dir), Path(profile_dir), Path(out_dir)
@@ -141,6 +194,9 @@ def generate_repository(export_dir: str | Path, profile_dir: str | Path, out_dir
     missing = [m for m in (*COMPUTE, "blip_text_prefill", "blip_text_step") if m not in manifest["models"]]
     if missing:
         raise FileNotFoundError(f"{export_dir}: no export of {missing}; run `python -m export` first")
+    sam = include_sam and all(m in manifest["models"] for m in SAM_COMPUTE)
+    graphs = [*COMPUTE, "blip_text_prefill", "blip_text_step", *(SAM_COMPUTE if sam else ())]
+    plan = precision_plan(backend, precision, graphs) if target == "cpu" else None
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True)
     overlap = OVERLAP[target] if overlap is None else overlap
@@ -150,26 +206,36 @@ def generate_repository(export_dir: str | Path, profile_dir: str | Path, out_dir
     cpu = "KIND_CPU"
     gpu = "KIND_GPU" if target == "gpu" else cpu
 
-    sam = include_sam and all(m in manifest["models"] for m in SAM_COMPUTE)
     for name in COMPUTE + (SAM_COMPUTE if sam else ()):
         spec = manifest["models"][name]
         version = out_dir / name / "1"
-        plan = export_dir / f"{name}.plan"
-        if spec.get("data_file") and not (target == "gpu" and plan.exists()):  # weights beside the graph
+        engine = export_dir / f"{name}.plan"
+        if spec.get("data_file") and not (target == "gpu" and engine.exists()):  # weights beside the graph
             _link_or_copy(export_dir / spec["data_file"], version / spec["data_file"])
-        if target == "gpu" and plan.exists():
-            backend, extra = 'platform: "tensorrt_plan"', ""
-            _link_or_copy(plan, version / "model.plan")
+        if target == "gpu" and engine.exists():
+            kind, extra = 'platform: "tensorrt_plan"', ""
+            _link_or_copy(engine, version / "model.plan")
         elif target == "gpu":
-            backend, extra = 'platform: "onnxruntime_onnx"', TENSORRT_FP16
+            kind, extra = 'platform: "onnxruntime_onnx"', TENSORRT_FP16
+            _link_or_copy(export_dir / spec["file"], version / "model.onnx")
+        elif backend == "openvino_native":
+            kind, extra = NATIVE_OPENVINO, ""
             _link_or_copy(export_dir / spec["file"], version / "model.onnx")
         else:
-            backend, extra = 'backend: "python"', ""
+            kind, extra = 'backend: "python"', ""
             _link_or_copy(export_dir / spec["file"], version / "model.onnx")
-            shutil.copy2(MODELS_SRC / "onnx_runtime" / "model.py", version / "model.py")
+            shutil.copy2(MODELS_SRC / ("openvino" if backend == "openvino" else "onnx_runtime") / "model.py",
+                         version / "model.py")
+        if target == "gpu":
+            model_params = None
+        elif backend == "openvino_native":  # the backend's own keys (openvino_backend README)
+            model_params = {"INFERENCE_NUM_THREADS": str(threads), "NUM_STREAMS": "1", "PERFORMANCE_HINT": "LATENCY",
+                            "HINT_BF16": "YES"}
+        else:
+            model_params = {**thread_params, "precision": plan[name]} if backend == "openvino" else thread_params
         (out_dir / name / "config.pbtxt").write_text(model_config(
-            name, spec["inputs"], spec["outputs"], MAX_BATCH.get(name, DEFAULT_MAX_BATCH), backend, gpu,
-            params=thread_params if target == "cpu" else None, extra=extra))
+            name, spec["inputs"], spec["outputs"], MAX_BATCH.get(name, DEFAULT_MAX_BATCH), kind, gpu,
+            params=model_params, extra=extra))
 
     meta = manifest["metadata"]
     prefill = manifest["models"]["blip_text_prefill"]
@@ -184,7 +250,9 @@ def generate_repository(export_dir: str | Path, profile_dir: str | Path, out_dir
         'backend: "python"', gpu, optional=("max_length",),
         params={**thread_params, **device_tensors, **{k: str(v) for k, v in meta["blip"].items()},
                 "max_length": str(params.caption_max_length),
-                "execution_provider": "cuda" if target == "gpu" else "cpu"}))
+                "execution_provider": "cuda" if target == "gpu" else "cpu",
+                **({"runtime": "openvino", "precision": _same(plan, "blip_text_prefill", "blip_text_step")}
+                   if target == "cpu" and backend != "onnxruntime" else {"runtime": "onnxruntime"})}))
 
     version = out_dir / "ssa_engine" / "1"
     version.mkdir(parents=True)
@@ -208,6 +276,7 @@ def generate_repository(export_dir: str | Path, profile_dir: str | Path, out_dir
                 "engine_params": json.dumps(params.to_dict()).replace('"', '\\"'),
                 "profile": manifest["profile"].get("profile", ""),
                 "profile_json": json.dumps(manifest["profile"], sort_keys=True).replace('"', '\\"'),
+                "runtime_json": json.dumps(runtime(target, backend, plan, export_dir, graphs)).replace('"', '\\"'),
                 "package_version": __version__}))
     if sam:
         version = out_dir / "sam_masks" / "1"

@@ -136,7 +136,9 @@ def cmd_reference(args: argparse.Namespace) -> int:
                                                                        vocabulary=vocabulary),
                              engine="reference (PyTorch, one mask at a time)", profile=models.profile, params=params,
                              save_img=args.save_img, overwrite=args.overwrite, unusable=listing.unusable,
-                             vocabulary=vocabulary)
+                             vocabulary=vocabulary,
+                             runtime={"target": "reference", "backend": "pytorch", "precision": "fp32",
+                                      "device": str(device)})
     return 1 if summary.failures else 0
 
 

@@ -28,10 +28,11 @@ def output_paths(out_dir: str | Path, stem: str) -> tuple[Path, Path]:
     return out_dir / f"{stem}_semantic.json", out_dir / f"{stem}_semantic.png"
 
 
-def provenance(engine: str, profile: dict, params: EngineParams, vocabulary: Vocabulary | None = None
-               ) -> dict[str, Any]:
+def provenance(engine: str, profile: dict, params: EngineParams, vocabulary: Vocabulary | None = None,
+               runtime: dict | None = None) -> dict[str, Any]:
     """The block recorded in every output: which engine, models, parameters and vocabulary (its
-    hash, size and mode; null without one) made it."""
+    hash, size and mode; null without one) made it, and what ran the models (`runtime`: target,
+    backend, the precision each graph ran in, as the server resolved it on its machine)."""
     return {
         "engine": engine,
         "package_version": __version__,
@@ -40,6 +41,7 @@ def provenance(engine: str, profile: dict, params: EngineParams, vocabulary: Voc
         "model_sources": profile.get("sources", {}),
         "params": params.to_dict(),
         "vocabulary": vocabulary.provenance() if vocabulary is not None else None,
+        "runtime": runtime,
         "python": platform.python_version(),
     }
 

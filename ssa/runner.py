@@ -39,12 +39,13 @@ def load_item(item: Item) -> tuple[np.ndarray, dict, MaskSet]:
 
 def run_in_process(items: Sequence[Item], out_dir: str | Path, annotate: AnnotateFn, engine: str, profile: dict,
                    params: EngineParams, save_img: bool = False, overwrite: bool = False,
-                   unusable: Sequence[InputError] = (), vocabulary: Vocabulary | None = None) -> RunSummary:
+                   unusable: Sequence[InputError] = (), vocabulary: Vocabulary | None = None,
+                   runtime: dict | None = None) -> RunSummary:
     """Annotate `items` one after the other; a failed item is recorded and the run goes on.
     `unusable`: files of the input found unusable while listing it (recorded as failures)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    prov = provenance(engine, profile, params, vocabulary)
+    prov = provenance(engine, profile, params, vocabulary, runtime)
     summary = RunSummary()
     for problem in unusable:
         summary.failures.append({"file": str(problem.source), "reason": problem.problem})

@@ -183,13 +183,16 @@ def test_server_reports_unusable_repository(tmp_path):
 
 def test_overlapped_engine_equals_the_reference(tiny_profile, tiny_export, example_dir, reference_labels, tmp_path):
     """The gpu target's ssa_engine path on the CPU: the image stage's sub-requests in flight together
-    (async_exec) and the requests of a batch interleaved; every label still equals the reference."""
+    (async_exec) and the requests of a batch interleaved; every label still equals the reference.
+    Its compute models run on ONNX Runtime (the shared server's on OpenVINO): both backends are
+    held to the reference."""
     import tritonclient.grpc as grpcclient
 
     from model_repository.generate import generate_repository
     from ssa.params import EngineParams
 
-    repo = generate_repository(tiny_export, tiny_profile, tmp_path / "overlap", "cpu", overlap=True)
+    repo = generate_repository(tiny_export, tiny_profile, tmp_path / "overlap", "cpu", overlap=True,
+                               backend="onnxruntime")
     items = list(folder_items(example_dir))[:3]
     chunked = EngineParams(batch_size=3)  # 10 masks an image: 4 chunks, each BLIP + CLIP pair in flight together
     with EmbeddedServer(repo, log_path=tmp_path / "triton.log") as s:

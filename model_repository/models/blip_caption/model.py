@@ -2,10 +2,14 @@
 request (every mask of an image), each row stopping at its EOS. Requests run one by one, so a
 caption never depends on which other requests Triton delivered with it.
 
-The loop owns the text decoder's prefill and step graphs (ONNX Runtime, CUDA provider in the gpu
-target) in this process, bound by I/O binding: the key/value cache stays where ONNX Runtime wrote
-it (device memory on a GPU) from one step to the next and never crosses a model boundary (for
-BLIP-base the cross-attention cache alone is 42 MB per row, which a BLS call per token would move).
+The loop owns the text decoder's prefill and step graphs in this process: OpenVINO in the cpu
+target (parameter `runtime`), ONNX Runtime with I/O binding otherwise (CUDA provider in the gpu
+target). The key/value cache is plain tensors the loop keeps and hands back to the step graph in
+place each token (OpenVINO `share_inputs`, ONNX Runtime I/O binding; device memory on a GPU): it
+never crosses a model boundary and is never copied (for BLIP-base the cross-attention cache alone
+is 42 MB per row, which a BLS call per token, or a copy per token, would move). Not OpenVINO's
+stateful form: finished rows leave the batch between steps (`index_select` on the cache), which a
+state held inside the compiled model cannot do without a copy through its state API.
 The embeddings come in and the token ids go out by DLPack, on the device they arrive on.
 """
 
@@ -19,7 +23,22 @@ import triton_python_backend_utils as pb_utils
 
 from ssa.device import from_dlpack
 from ssa.graph_models import BlipCaptioner
-from ssa.onnx_models import ort_session, session_function
+
+
+def text_graphs(folder: Path, params: dict[str, str]):
+    """(prefill, step) tensor functions on the runtime the config names."""
+    threads = int(params.get("intra_op_threads", "2"))
+    names = ("blip_text_prefill", "blip_text_step")
+    if params.get("runtime", "onnxruntime") == "openvino":
+        from ssa.openvino_models import OpenVinoGraph, graph_function
+
+        cache = params.get("cache_dir", "openvino_cache")
+        return tuple(graph_function(OpenVinoGraph(folder / f"{n}.onnx", threads, params.get("precision", "fp32"),
+                                                  folder.parent / cache if cache else None)) for n in names)
+    from ssa.onnx_models import ort_session, session_function
+
+    provider = params.get("execution_provider", "cpu")  # "cuda" in the gpu target
+    return tuple(session_function(ort_session(folder / f"{n}.onnx", threads, provider)) for n in names)
 
 
 class TritonPythonModel:
@@ -27,12 +46,8 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         folder = Path(args["model_repository"]) / args["model_version"]
-        threads = int(params.get("intra_op_threads", "2"))
-        provider = params.get("execution_provider", "cpu")  # "cuda" in the gpu target
         self.captioner = BlipCaptioner(
-            session_function(ort_session(folder / "blip_text_prefill.onnx", threads, provider)),
-            session_function(ort_session(folder / "blip_text_step.onnx", threads, provider)),
-            int(params["bos_token_id"]), int(params["eos_token_id"]), int(params["pad_token_id"]), int(params["layers"]))
+            *text_graphs(folder, params), int(params["bos_token_id"]), int(params["eos_token_id"]), int(params["pad_token_id"]), int(params["layers"]))
         self.default_max_length = int(params.get("max_length", "20"))
 
     def caption(self, request) -> torch.Tensor:

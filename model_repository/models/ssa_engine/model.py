@@ -158,7 +158,23 @@ def bytes_of(request, name: str) -> bytes:
     return value if isinstance(value, bytes) else str(value).encode("utf-8")
 
 
-def label_tensors(labels, k: int) -> list:
+def resolved_runtime(asked: dict) -> dict:
+    """The runtime the repository asks for (`runtime_json`), with each graph's precision as it runs on
+    this machine: bf16 asked on a CPU without bf16 units runs fp32, and the record says so."""
+    runtime = dict(asked)
+    plan = asked.get("precision")
+    if asked.get("target") == "cpu" and isinstance(plan, dict) and asked.get("backend") != "onnxruntime":
+        from ssa.openvino_models import resolve_precision
+
+        resolved = {name: resolve_precision(p) for name, p in plan.items()}
+        runtime["precision"] = {name: ran for name, (ran, _) in resolved.items()}
+        notes = sorted({note for _, note in resolved.values() if note})
+        if notes:
+            runtime["precision_asked"], runtime["notes"] = plan, notes
+    return runtime
+
+
+def label_tensors(labels, k: int, runtime: bytes = b"null") -> list:
     n = len(labels)
     names = np.array([[lab.class_name.encode() for lab in labels]], dtype=object).reshape(1, n)
     proposals = np.full((1, n, k), b"", dtype=object)
@@ -170,7 +186,7 @@ def label_tensors(labels, k: int) -> list:
     captions = np.array([[lab.caption.encode() for lab in labels]], dtype=object).reshape(1, n)
     return [pb_utils.Tensor("class_name", names), pb_utils.Tensor("class_proposals", proposals),
             pb_utils.Tensor("proposal_scores", scores), pb_utils.Tensor("vote_share", votes),
-            pb_utils.Tensor("caption", captions)]
+            pb_utils.Tensor("caption", captions), pb_utils.Tensor("runtime", np.array([[runtime]], dtype=object))]
 
 
 class TritonPythonModel:
@@ -197,6 +213,10 @@ class TritonPythonModel:
         self.limits = ServerLimits.from_config(params, self.device.type, self.device.index or 0,
                                                instances * self.images_in_progress, self.defaults.batch_size,
                                                self.defaults.top_k)
+        self.runtime = resolved_runtime(json.loads(params.get("runtime_json", "null")) or {})
+        for note in self.runtime.get("notes", []):
+            pb_utils.Logger.log_warn(f"ssa_engine: {note}")
+        self.runtime_bytes = json.dumps(self.runtime, sort_keys=True).encode()
         pb_utils.Logger.log_info(f"ssa_engine limits per image: {self.limits.max_masks} masks, "
                                  f"{self.limits.max_pixels} pixels, {self.limits.budget >> 20} MiB")
 
@@ -211,10 +231,10 @@ class TritonPythonModel:
         masks = decode_annotations(doc, image.shape[:2], "annotations")
         del doc  # the masks are kept as their RLEs and extents
         if len(masks) == 0:
-            return label_tensors([], params.top_k)
+            return label_tensors([], params.top_k, self.runtime_bytes)
         job = ImageJob(image, masks, self.models, self.processors, params, self.nlp, vocabulary=vocabulary)
         labels = await annotate_overlapped(job, self.models) if self.concurrent_image_stage else job.run()
-        return label_tensors(labels, params.top_k)
+        return label_tensors(labels, params.top_k, self.runtime_bytes)
 
     async def _respond(self, request, slots: asyncio.Semaphore):
         async with slots:
