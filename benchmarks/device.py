@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+from ssa.agreement import NEAR_TIE, agreement
+
 STAGE_OF = {"oneformer": "oneformer", "blip": "caption", "clip": "clip", "clipseg": "clipseg"}
 STAGES = ("oneformer", "caption", "clip", "clipseg", "pre/post-processing")
 
@@ -71,25 +73,6 @@ def reset_peak(device) -> None:
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-
-
-def near_tie(margins: dict, thresholds: dict) -> bool:
-    return any(margins[k] < thresholds[k] for k in thresholds)
-
-
-def agreement(reference: dict, engine: dict, thresholds: dict) -> dict:
-    """Labels (class_name + class_proposals) equal on all masks, and on the masks whose reference
-    decisions are all clear of a tie."""
-    equal = total = clear = clear_equal = 0
-    for stem, ref_labels in reference.items():
-        for r, e in zip(ref_labels, engine[stem], strict=True):
-            same = (r.class_name, r.class_proposals) == (e.class_name, e.class_proposals)
-            total += 1
-            equal += same
-            if not near_tie(r.margins, thresholds):
-                clear += 1
-                clear_equal += same
-    return {"equal": equal, "total": total, "not_near_tie_equal": clear_equal, "not_near_tie_total": clear}
 
 
 def run_reference(profile_dir: Path, loaded: list, device, nlp) -> dict:
@@ -178,12 +161,16 @@ def markdown(result: dict) -> str:
     s, t = result["sample"], result["near_tie_thresholds"]
     head = (f"`{result['command']}`: {result['machine']['device_name']}, profile `{result['profile']}`, "
             f"{s['images']} images, {s['masks']} masks ({', '.join(map(str, s['masks_per_image']))} per image), "
-            f"one run each, {result['elapsed_seconds'] / 60:.1f} min in all. Near-tie: reference margin below "
-            f"{t['clip']} CLIP logits (top-k boundary and order), {t['clipseg']:.0%} of the mask (CLIPSeg vote) or "
-            f"{t['close_set']:.0%} (OneFormer votes).\n\n")
+            f"one run each, {result['elapsed_seconds'] / 60:.1f} min in all. {near_tie_text(t)}\n\n")
     table = "| | " + " | ".join(cols) + " |\n" + "|---" * (len(cols) + 1) + "|\n"
     table += "".join(f"| {name} | " + " | ".join(vals) + " |\n" for name, vals in rows)
     return head + table
+
+
+def near_tie_text(t: dict) -> str:
+    return (f"Near-tie: reference margin below {t['clip']} CLIP logits (top-k boundary and order), "
+            f"{t.get('caption', '-')} BLIP logits (a caption token), {t['clipseg']:.0%} of the mask (CLIPSeg vote) "
+            f"or {t['close_set']:.0%} (OneFormer votes).")
 
 
 def run_sam(profile_dir: Path, loaded: list, device, precisions: list[str], points_per_side: int) -> dict:
@@ -254,6 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="crop resize: auto = Pillow on the CPU, the exact tensor form on a GPU")
     p.add_argument("--near_tie_clip", type=float, default=0.25,
                    help="CLIP logit gap under which a top-k decision is a near-tie (default %(default)s)")
+    p.add_argument("--near_tie_caption", type=float, default=NEAR_TIE["caption"],
+                   help="BLIP logit gap (chosen token vs the next, smallest over the steps) under which a caption "
+                        "is a near-tie (default %(default)s)")
     p.add_argument("--near_tie_vote", type=float, default=0.02,
                    help="vote margin (share of the mask) under which a CLIPSeg or OneFormer vote is a "
                         "near-tie (default %(default)s)")
@@ -303,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     loaded = [(item.stem, *load_item(item)[::2]) for item in folder_items(data)]
     n_images, n_masks = len(loaded), sum(len(m) for _, _, m in loaded)
     nlp = load_spacy()
-    thresholds = {"clip": args.near_tie_clip, "clipseg": args.near_tie_vote, "close_set": args.near_tie_vote}
+    thresholds = {"close_set": args.near_tie_vote, "caption": args.near_tie_caption, "clip": args.near_tie_clip,
+                  "clipseg": args.near_tie_vote}
 
     print(f"reference on {device}: {n_images} images, {n_masks} masks ...", file=sys.stderr)
     ref = run_reference(profile_dir, loaded, device, nlp)

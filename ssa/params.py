@@ -118,7 +118,8 @@ class MaskLabel:
     vote_share: float  # share of the (huge-cropped) mask's pixels that CLIPSeg gave to class_name
     caption: str
     # how far each decision was from a tie (benchmarks: agreement on decisions that are not near-ties):
-    # "close_set" (OneFormer majority votes, share of the mask), "clip" (logit gap at the top-k
+    # "close_set" (OneFormer majority votes, share of the mask), "caption" (smallest gap between the
+    # chosen token's logit and the next, over the steps), "clip" (logit gap at the top-k
     # boundary and order), "clipseg" (vote, share of the mask); not written to outputs
     margins: dict[str, float] | None = None
 

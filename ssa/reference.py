@@ -63,15 +63,19 @@ def semantic_map(models: TorchModels, dataset: str, image: np.ndarray):
     return processor.post_process_semantic_segmentation(outputs, target_sizes=[image.shape[:2]])[0]
 
 
-def caption(models: TorchModels, patch: np.ndarray, max_length: int) -> str:
-    """BLIP's unconditional greedy caption of one crop."""
+def caption(models: TorchModels, patch: np.ndarray, max_length: int) -> tuple[str, float]:
+    """BLIP's unconditional greedy caption of one crop, and its decision margin: the smallest gap
+    between the chosen token's logit and the next best over the caption's steps (a gap near 0 is a
+    near-tie: any rounding may pick the other token and change the caption from there on)."""
     import torch
 
     processor, model = models.processors["blip"], models.models["blip"]
     inputs = processor(images=patch, return_tensors="pt", input_data_format=CHANNELS_LAST).to(models.device)
     with torch.no_grad():
-        out = model.generate(**inputs, max_length=max_length, do_sample=False, num_beams=1)
-    return processor.decode(out[0].cpu(), skip_special_tokens=True).strip()
+        out = model.generate(**inputs, max_length=max_length, do_sample=False, num_beams=1,
+                             output_logits=True, return_dict_in_generate=True)
+    gaps = [float(g[0, 0] - g[0, 1]) for g in (s.double().topk(2, dim=-1).values for s in out.logits)]
+    return processor.decode(out.sequences[0].cpu(), skip_special_tokens=True).strip(), min(gaps, default=float("inf"))
 
 
 def clip_classification(models: TorchModels, patch: np.ndarray, names: list[str], k: int,
@@ -151,7 +155,7 @@ def annotate_image(image: np.ndarray, mask_set: MaskSet, models: TorchModels,
         patch_large = crop(image, crop_box(bbox, params.scale_large, size))
         huge_box = crop_box(bbox, params.scale_huge, size)
         with timer("caption"):
-            text = caption(models, patch_large, params.caption_max_length)
+            text, caption_margin = caption(models, patch_large, params.caption_max_length)
         candidates = mask_candidates(close_set, noun_phrases(text, nlp), vocabulary)
         with timer("clip"):
             proposals, scores, clip_margin = clip_classification(models, patch_small, candidates, params.top_k,
@@ -159,6 +163,6 @@ def annotate_image(image: np.ndarray, mask_set: MaskSet, models: TorchModels,
         with timer("clipseg"):
             winners = clipseg_segmentation(models, crop(image, huge_box), proposals, params.clipseg_size).cpu().numpy()
         winner, share, vote_margin = pixel_vote(winners, crop(mask, huge_box), len(proposals))
-        margins = {"close_set": close_margin, "clip": clip_margin, "clipseg": vote_margin}
+        margins = {"close_set": close_margin, "caption": caption_margin, "clip": clip_margin, "clipseg": vote_margin}
         labels.append(MaskLabel(proposals[winner], proposals, scores, share, text, margins))
     return labels

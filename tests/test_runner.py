@@ -65,6 +65,9 @@ def test_folder_labels_equal_the_reference(folder_run, reference_labels):
     for stem, expected in reference_labels.items():
         doc = json.loads((out / f"{stem}_semantic.json").read_text())
         assert doc["ssa"]["engine"] == "triton ssa_engine" and doc["ssa"]["profile"] == "tiny"
+        runtime = doc["ssa"]["runtime"]  # what ran the models: OpenVINO, every graph fp32 (the shared server)
+        assert (runtime["target"], runtime["backend"]) == ("cpu", "openvino")
+        assert set(runtime["precision"].values()) == {"fp32"} and "oneformer_coco" in runtime["precision"]
         assert len(doc["annotations"]) == len(expected)
         for ann, e in zip(doc["annotations"], expected):
             assert (ann["class_name"], ann["class_proposals"]) == (e.class_name, e.class_proposals), stem

@@ -166,7 +166,8 @@ def resolved_runtime(asked: dict) -> dict:
     if asked.get("target") == "cpu" and isinstance(plan, dict) and asked.get("backend") != "onnxruntime":
         from ssa.openvino_models import resolve_precision
 
-        resolved = {name: resolve_precision(p) for name, p in plan.items()}
+        on_ort = set(asked.get("onnxruntime", []))  # fp32 whatever the CPU
+        resolved = {name: resolve_precision(p) if name not in on_ort else (p, None) for name, p in plan.items()}
         runtime["precision"] = {name: ran for name, (ran, _) in resolved.items()}
         notes = sorted({note for _, note in resolved.values() if note})
         if notes:
