@@ -1,17 +1,25 @@
 """The reference pipeline and the Triton engine side by side: same profile, same images, same
-masks, one run.
+masks, one run, with how far each stage is from the machine's limit.
 
     python -m benchmarks --profile bench
 
-1. builds the sample (photos of the example set, masks from classical segmentation) and records it;
-2. runs the reference pipeline (PyTorch, one mask at a time) in this process, with per-stage times;
-3. starts the embedded tritonserver and runs the batch runner (`ssa annotate`, a separate process)
-   `--repeats` times with 1 request in flight; per-stage times come from Triton's statistics;
-4. sweeps requests in flight and masks per image (scaling curves);
-5. writes `result.json`, `table.md` and the plots (PNG + SVG) to --out, and prints the table.
+1. measures the CPU's dense-GEMM peak (fp32 and bf16, torch, every core);
+2. builds the sample (photos of the example set, masks from classical segmentation) and records it;
+3. runs the reference pipeline (PyTorch fp32, one mask at a time) in this process, with per-stage
+   times, then once more untimed under a FLOP counter (its FLOPs per stage);
+4. per engine configuration (--configs, backend:precision: today's ONNX Runtime fp32, OpenVINO fp32,
+   OpenVINO bf16), starts the embedded tritonserver on its repository and runs the batch runner
+   (`ssa annotate`, a separate process) `--repeats` times with 1 request in flight; per-stage times
+   come from Triton's statistics; the engine's FLOPs are counted on the calls of the same engine run
+   in this process (`ssa.flops`); labels and decisions are compared with the reference's;
+5. for the last configuration, sweeps requests in flight and masks per image (--scaling_masks; the
+   reference there is extrapolated from its measured seconds per image and per mask);
+6. writes `result.json`, `table.md` and the plots (PNG + SVG) to --out, and prints the table.
 
 Peak memory: the reference is this process; the client is the runner process; the server is the
-tritonserver process tree (sampled). Labels: every class_name and class_proposals compared.
+tritonserver process tree (sampled). Labels: every class_name and class_proposals compared; and
+decision by decision (`ssa.agreement`): a decision whose reference margin is clear of a near-tie
+must come out the same in every precision.
 """
 
 from __future__ import annotations
@@ -30,14 +38,17 @@ import time
 from pathlib import Path
 
 DEFAULTS_NOTE = """
-The defaults (3 photos x 8 masks, 3 Triton repeats, 1/2/4 in flight, 10/25/50 masks per image)
-finish in about 15 minutes with the bench profile on a 2-core machine.
+The defaults (3 photos x 8 masks, 3 configurations, 3 Triton repeats, 1/2/4 in flight, 25/100 masks
+per image) finish in about 25 minutes with the bench profile on a 2-core machine.
 """
+# today's cpu target (the baseline), then the OpenVINO backend in both precisions
+DEFAULT_CONFIGS = "onnxruntime:fp32,openvino:fp32,openvino:bf16"
 STAGES = ("oneformer", "caption", "clip", "clipseg", "pre/post-processing")
 # Triton models per stage; what ssa_engine spends beyond its sub-model requests is pre/post-processing
 MODEL_STAGE = {"oneformer_coco": "oneformer", "oneformer_ade20k": "oneformer", "blip_vision": "caption",
                "blip_caption": "caption", "clip_image": "clip", "clip_text": "clip", "clipseg_visual": "clipseg",
                "clipseg_text": "clipseg", "clipseg_decoder": "clipseg"}
+MODEL_STAGES = STAGES[:-1]
 
 
 def process_tree_rss(root: int) -> int:
@@ -132,6 +143,63 @@ def run_reference(profile_dir: Path, data_dir: Path, repeats: int, device: str =
             "peak_memory_mib": mib(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)}
 
 
+def reference_flops(profile_dir: Path, data_dir: Path) -> dict:
+    """The reference's FLOPs per stage per image on `data_dir` (one untimed pass under FlopCounterMode)."""
+    from ssa.dataset import folder_items
+    from ssa.flops import ReferenceFlops
+    from ssa.reference import TorchModels, annotate_image
+    from ssa.runner import load_item
+
+    models = TorchModels.load(profile_dir)
+    for model in models.models.values():  # the counter's module tracker follows tensors that need grad
+        model.requires_grad_(False)
+    counter, images = ReferenceFlops(), 0
+    with counter.counter:
+        for item in folder_items(data_dir):
+            image, _doc, masks = load_item(item)
+            annotate_image(image, masks, models, timer=counter)
+            images += 1
+    return {s: counter.flops.get(s, 0) / images for s in MODEL_STAGES}
+
+
+def engine_flops(profile_dir: Path, export_dir: Path, data_dir: Path, precision: str, flops) -> dict:
+    """The engine's FLOPs per stage per image on `data_dir`: the engine (`ssa.engine`, the graphs on
+    OpenVINO at `precision`, as served) run in this process, every graph call counted."""
+    from ssa.dataset import folder_items
+    from ssa.engine import annotate_image
+    from ssa.flops import by_stage, counting
+    from ssa.nouns import load_spacy
+    from ssa.openvino_models import openvino_models
+    from ssa.preprocess import Processors
+    from ssa.runner import load_item
+
+    processors = Processors.load(profile_dir)
+    models = openvino_models(export_dir, processors, os.cpu_count() or 2, precision)
+    per_graph: dict[str, int] = {}
+    counting(models, flops, per_graph)
+    nlp, images = load_spacy(), 0
+    for item in folder_items(data_dir):
+        image, _doc, masks = load_item(item)
+        annotate_image(image, masks, models, processors, nlp=nlp)
+        images += 1
+    flops.save()
+    stages = by_stage(per_graph)
+    return {s: stages.get(s, 0) / images for s in MODEL_STAGES}
+
+
+def efficiency(flops: dict, seconds: dict, peak: float) -> dict:
+    """Per model stage and all together: FLOPs, seconds, achieved FLOP/s and its share of `peak`."""
+    out = {}
+    for stage in MODEL_STAGES:
+        f, t = flops.get(stage, 0), seconds.get(stage, 0)
+        out[stage] = {"flops": f, "seconds": t, "flop_per_s": f / t if t else None,
+                      "share_of_peak": f / t / peak if t else None}
+    f, t = sum(flops.get(s, 0) for s in MODEL_STAGES), sum(seconds.get(s, 0) for s in MODEL_STAGES)
+    out["models"] = {"flops": f, "seconds": t, "flop_per_s": f / t if t else None,
+                     "share_of_peak": f / t / peak if t else None}
+    return out
+
+
 def run_runner(url: str, data_dir: Path, out_dir: Path, in_flight: int) -> dict:
     """One `ssa annotate` process over `data_dir`; its summary and its peak memory."""
     summary = out_dir / "summary.json"
@@ -169,68 +237,145 @@ def triton_stages(before: dict, after: dict, images: int) -> tuple[dict, dict]:
 
 
 def compare_labels(reference: dict, out_dir: Path) -> dict:
+    """Labels (class_name + class_proposals) equal on every mask, and decision by decision
+    (`ssa.agreement.decision_agreement`: the clear decisions that differ, should be none)."""
+    from types import SimpleNamespace
+
+    from ssa.agreement import decision_agreement
+
     equal = total = 0
+    engine = {}
     for stem, labels in reference.items():
         doc = json.loads((out_dir / f"{stem}_semantic.json").read_text())
+        engine[stem] = [SimpleNamespace(class_name=a["class_name"], class_proposals=a["class_proposals"],
+                                        caption=a["caption"]) for a in doc["annotations"]]
         for lab, ann in zip(labels, doc["annotations"], strict=True):
             total += 1
             equal += (lab.class_name, lab.class_proposals) == (ann["class_name"], ann["class_proposals"])
-    return {"equal": equal, "total": total}
+    return {"equal": equal, "total": total, **decision_agreement(reference, engine)}
 
 
-def ensure_repository(profile: str, models_dir: Path, repository: Path | None) -> tuple[Path, Path]:
-    """(profile dir, cpu repository), building the profile, its export and the repository if missing."""
-    from model_repository.generate import generate_repository
+def ensure_export(profile: str, models_dir: Path, export_dir: Path | None = None) -> tuple[Path, Path]:
+    """(profile dir, export dir), building the profile and its ONNX export if missing."""
     from ssa.profiles import build_profile
 
     profile_dir = models_dir / profile
     if not (profile_dir / "profile.json").is_file():
         print(f"building the {profile} profile ...", file=sys.stderr)
         build_profile(profile, profile_dir)
-    export_dir = Path("artifacts/onnx") / profile
-    if repository is None:
-        repository = Path("artifacts/repository") / f"{profile}-cpu"
-        if not (export_dir / "manifest.json").is_file():
-            from export.core import export_profile
+    export_dir = export_dir or Path("artifacts/onnx") / profile
+    if not (export_dir / "manifest.json").is_file():
+        from export.core import export_profile
 
-            print(f"exporting the {profile} profile to ONNX (checked against PyTorch) ...", file=sys.stderr)
-            export_profile(profile_dir, export_dir, log=lambda m: print(m, file=sys.stderr))
-        # labelling only: the figures compare the labelling engine (SAM: python -m benchmarks.sam)
-        generate_repository(export_dir, profile_dir, repository, "cpu", threads=os.cpu_count() or 2, include_sam=False)
+        print(f"exporting the {profile} profile to ONNX (checked against PyTorch) ...", file=sys.stderr)
+        export_profile(profile_dir, export_dir, log=lambda m: print(m, file=sys.stderr))
+    return profile_dir, export_dir
+
+
+def ensure_repository(profile: str, models_dir: Path, repository: Path | None, backend: str = "openvino",
+                      precision: str | None = None, export_dir: Path | None = None,
+                      root: Path = Path("artifacts/repository")) -> tuple[Path, Path]:
+    """(profile dir, cpu repository): `repository` as given, or one generated for `backend` and
+    `precision` (labelling only: SAM's figures are python -m benchmarks.sam's), building the
+    profile and its export if missing."""
+    from model_repository.generate import generate_repository
+
+    profile_dir, export_dir = ensure_export(profile, models_dir, export_dir)
+    if repository is None:
+        repository = root / f"{profile}-cpu-{backend}-{precision or 'default'}"
+        generate_repository(export_dir, profile_dir, repository, "cpu", threads=os.cpu_count() or 2, include_sam=False,
+                            backend=backend, precision=precision)
     return profile_dir, repository
 
 
+def parse_configs(text: str) -> list[tuple[str, str]]:
+    """"onnxruntime:fp32,openvino:bf16" -> [(backend, precision)]."""
+    from model_repository.generate import BACKENDS
+    from ssa.openvino_models import PRECISIONS
+
+    out = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        backend, _, precision = part.partition(":")
+        if backend not in BACKENDS[:2] or precision not in PRECISIONS:
+            raise argparse.ArgumentTypeError(f"{part!r}: a configuration is backend:precision, backend one of "
+                                             f"{', '.join(BACKENDS[:2])}, precision one of {', '.join(PRECISIONS)}")
+        if backend == "onnxruntime" and precision != "fp32":
+            raise argparse.ArgumentTypeError(f"{part!r}: ONNX Runtime runs fp32 only")
+        out.append((backend, precision))
+    if not out:
+        raise argparse.ArgumentTypeError("no configuration given")
+    return out
+
+
+def _gf(f: float) -> str:
+    return f"{f / 1e9:,.0f}" if f >= 1e10 else f"{f / 1e9:,.1f}"
+
+
+def _eff(e: dict) -> str:
+    """"GFLOP/s (share of peak)" of one efficiency entry."""
+    if not e["flop_per_s"]:
+        return ""
+    return f"{e['flop_per_s'] / 1e9:,.0f} ({e['share_of_peak']:.0%})"
+
+
 def markdown(result: dict) -> str:
-    ref, tri = result["reference"], result["triton"]
+    ref, engines = result["reference"], result["engines"]
+    names = list(engines)
+    primary = engines[names[-1]]
     best = max(result["in_flight_sweep"], key=lambda r: r["images_per_second"])
+    cols = ["reference (PyTorch fp32)"] + [engines[n]["label"] for n in names] + [f"{names[-1]}, best"]
     rows = [
-        ("images/s", f"{ref['images_per_second']:.4f}", f"{tri['images_per_second']:.4f}",
-         f"{best['images_per_second']:.4f} ({best['in_flight']} in flight)"),
-        ("masks/s", f"{ref['masks_per_second']:.3f}", f"{tri['masks_per_second']:.3f}",
-         f"{best['masks_per_second']:.3f}"),
-        ("s/image", f"{ref['seconds_per_image']:.2f}", f"{tri['seconds_per_image']:.2f}",
-         f"{1 / best['images_per_second']:.2f}"),
+        ("images/s", [f"{ref['images_per_second']:.4f}"] + [f"{engines[n]['images_per_second']:.4f}" for n in names]
+         + [f"{best['images_per_second']:.4f} ({best['in_flight']} in flight)"]),
+        ("s/image", [f"{ref['seconds_per_image']:.2f}"] + [f"{engines[n]['seconds_per_image']:.2f}" for n in names]
+         + [f"{1 / best['images_per_second']:.2f}"]),
+        ("engine / reference (images/s)", ["1.00"] + [f"{engines[n]['ratio']:.2f}x" for n in names]
+         + [f"{result['ratio_best']:.2f}x"]),
     ]
     for stage in STAGES:
-        rows.append((f"  {stage} s/image", f"{ref['stage_seconds_per_image'][stage]:.2f}",
-                     f"{tri['stage_seconds_per_image'][stage]:.2f}", ""))
+        rows.append((f"  {stage} s/image", [f"{ref['stage_seconds_per_image'][stage]:.2f}"]
+                     + [f"{engines[n]['stage_seconds_per_image'][stage]:.2f}" for n in names] + [""]))
+    for stage in MODEL_STAGES:
+        rows.append((f"  {stage} GFLOP/image", [_gf(ref["efficiency"][stage]["flops"])]
+                     + [_gf(engines[n]["efficiency"][stage]["flops"]) for n in names] + [""]))
+    for stage in (*MODEL_STAGES, "models"):
+        label = "models together" if stage == "models" else f"  {stage}"
+        rows.append((f"{label}: GFLOP/s (share of peak)", [_eff(ref["efficiency"][stage])]
+                     + [_eff(engines[n]["efficiency"][stage]) for n in names] + [""]))
     rows += [
-        ("peak memory, client MiB", f"{ref['peak_memory_mib']:.0f} (reference process)",
-         f"{tri['client_peak_memory_mib']:.0f}", ""),
-        ("peak memory, server MiB", "", "n/a (external server)" if tri["server_peak_memory_mib"] is None
-         else f"{tri['server_peak_memory_mib']:.0f}", ""),
-        ("Triton / reference (images/s)", "1.00", f"{result['ratio']:.2f}x", f"{result['ratio_best']:.2f}x"),
-        ("labels equal (class_name + class_proposals)", "",
-         f"{result['labels']['equal']}/{result['labels']['total']}", ""),
+        ("peak memory, client MiB", [f"{ref['peak_memory_mib']:.0f} (reference process)"]
+         + [f"{engines[n]['client_peak_memory_mib']:.0f}" for n in names] + [""]),
+        ("peak memory, server MiB", [""] + ["n/a (external server)" if engines[n]["server_peak_memory_mib"] is None
+                                           else f"{engines[n]['server_peak_memory_mib']:.0f}" for n in names] + [""]),
+        ("labels equal (class_name + class_proposals)", [""]
+         + [f"{engines[n]['labels']['equal']}/{engines[n]['labels']['total']}" for n in names] + [""]),
     ]
-    s = result["sample"]
+    for d in ("caption", "clip", "clipseg"):
+        rows.append((f"  {d} decisions equal, clear of a near-tie", [""] + [
+            "{clear_equal}/{clear} (all: {equal}/{compared})".format(**engines[n]["labels"]["decisions"][d])
+            for n in names] + [""]))
+    rows.append(("clear decisions that differ", [""] + [str(len(engines[n]["labels"]["differ_clear"])) for n in names]
+                 + [""]))
+    s, peaks = result["sample"], result["peaks"]
     head = (f"`{result['command']}`: profile `{result['profile']}`, {s['images']} images with "
             f"{s['masks']} masks ({', '.join(map(str, s['masks_per_image']))} per image), "
-            f"{result['machine']['cores']} cores, reference x{result['reference_repeats']} and Triton "
-            f"x{result['repeats']} (median), {result['elapsed_seconds'] / 60:.1f} min in all.\n\n")
-    table = "| | reference | Triton, 1 in flight | Triton, best |\n|---|---|---|---|\n"
-    table += "".join(f"| {a} | {b} | {c} | {d} |\n" for a, b, c, d in rows)
-    return head + table
+            f"{result['machine']['cores']} cores ({result['machine']['cpu']}), reference x{result['reference_repeats']} "
+            f"and each engine x{result['repeats']} (median), {result['elapsed_seconds'] / 60:.1f} min in all. "
+            f"Dense-GEMM peak measured in this run (torch, {result['machine']['cores']} threads): "
+            + ", ".join(f"{p} {v / 1e9:,.0f} GFLOP/s" for p, v in peaks.items() if v)
+            + "; a stage's share is taken against its precision's peak. FLOPs counted with FlopCounterMode "
+            "(matmuls, convolutions, attention).\n\n")
+    table = "| | " + " | ".join(cols) + " |\n" + "|---" * (len(cols) + 1) + "|\n"
+    table += "".join(f"| {name} | " + " | ".join(vals) + " |\n" for name, vals in rows)
+    sc = result["masks_scaling"]
+    scale = (f"\n{primary['label']} as masks per image grow (one photo; the reference extrapolated from its "
+             f"measured {ref['per_image_seconds']:.2f} s per image + {ref['per_mask_seconds']:.2f} s per mask):\n\n"
+             "| masks | engine s/image | reference s/image (extrapolated) | engine / reference | "
+             "engine GFLOP/image | models: GFLOP/s (share of peak) |\n|---|---|---|---|---|---|\n")
+    scale += "".join(f"| {r['masks']} | {r['seconds_per_image']:.2f} | {r['reference_seconds_per_image']:.1f} | "
+                     f"{r['ratio']:.2f}x | {_gf(r['efficiency']['models']['flops'])} | {_eff(r['efficiency']['models'])} |\n"
+                     for r in sc)
+    return head + table + scale
 
 
 def plots(result: dict, out: Path) -> list[Path]:
@@ -286,19 +431,24 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--profile", default="bench", help="model profile (default %(default)s: real sizes, random weights)")
     p.add_argument("--models_dir", type=Path, default=Path("artifacts/models"))
-    p.add_argument("--repository", type=Path, default=None,
-                   help="generated cpu repository (default: artifacts/repository/<profile>-cpu, built if missing)")
+    p.add_argument("--onnx_dir", type=Path, default=None, help="the profile's export (default artifacts/onnx/<profile>)")
+    p.add_argument("--configs", type=parse_configs, default=parse_configs(DEFAULT_CONFIGS), metavar="B:P,...",
+                   help=f"engine configurations, backend:precision (default {DEFAULT_CONFIGS}: today's ONNX Runtime "
+                        "cpu target first, as the baseline); the last one gets the sweeps")
+    p.add_argument("--repository_root", type=Path, default=Path("artifacts/repository"),
+                   help="where the configurations' repositories are generated (default %(default)s)")
     p.add_argument("--images", type=int, default=3, help="photos in the comparison sample (default %(default)s)")
     p.add_argument("--masks", type=int, default=8, help="masks per photo at most (default %(default)s)")
     p.add_argument("--repeats", type=int, default=3, help="Triton repeats of the comparison, median (default %(default)s)")
     p.add_argument("--reference_repeats", type=int, default=1, help="reference repeats (default %(default)s: it is slow)")
     p.add_argument("--in_flight", type=parse_ints, default=[1, 2, 4], help="requests in flight to sweep (default 1,2,4)")
-    p.add_argument("--scaling_masks", type=parse_ints, default=[10, 25, 50],
-                   help="masks per image for the scaling curve, one photo each (default 10,25,50; each 50 masks "
-                        "take about 2 minutes with the bench profile on 2 cores)")
+    p.add_argument("--scaling_masks", type=parse_ints, default=[25, 100],
+                   help="masks per image for the scaling curve, one photo each (default 25,100: SA-1B has about "
+                        "100 masks per image)")
     p.add_argument("--url", default=None, metavar="HOST:PORT",
                    help="benchmark a running tritonserver (e.g. the GPU deployment of docker-compose.yml) "
-                        "instead of starting the embedded one; its memory is then not measured")
+                        "instead of starting the embedded one; its memory is then not measured, and --configs "
+                        "names what it serves (one configuration)")
     p.add_argument("--reference_device", default="cpu",
                    help="torch device of the reference pipeline (default cpu; cuda to compare a GPU server "
                         "with the reference on the same GPU)")
@@ -306,17 +456,56 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def run_engine(name: str, url: str, client, dirs: dict, args, out: Path, sweeps: bool) -> dict:
+    """One engine configuration on a server: warm-up, the comparison runs, and (sweeps) the
+    in-flight and masks-per-image sweeps."""
+    print(f"{name}: warm-up ...", file=sys.stderr)
+    run_runner(url, dirs[f"masks_{args.scaling_masks[0]}"], out / "runs" / name / "warmup", 1)
+    before = model_stats(client)
+    runs = []
+    for r in range(args.repeats):
+        print(f"{name}: comparison run {r + 1}/{args.repeats} ...", file=sys.stderr)
+        runs.append(run_runner(url, dirs["compare"], out / "runs" / name / f"compare_{r}", 1))
+    n_images = runs[0]["done"]
+    stages, requests = triton_stages(before, model_stats(client), n_images * args.repeats)
+    median_run = sorted(runs, key=lambda r: r["seconds"])[len(runs) // 2]
+    sweep, scaling = [], []
+    for n in args.in_flight if sweeps else ():
+        print(f"{name}: {n} in flight ...", file=sys.stderr)
+        r = median_run if n == 1 else run_runner(url, dirs["compare"], out / "runs" / name / f"in_flight_{n}", n)
+        sweep.append({"in_flight": n, "images_per_second": r["images_per_second"], "masks_per_second": r["masks_per_second"]})
+    for n in args.scaling_masks if sweeps else ():
+        print(f"{name}: {n} masks per image ...", file=sys.stderr)
+        before_n = model_stats(client)
+        r = run_runner(url, dirs[f"masks_{n}"], out / "runs" / name / f"masks_{n}", 1)
+        stages_n, _ = triton_stages(before_n, model_stats(client), r["done"])
+        scaling.append({"masks": r["masks"], "seconds_per_image": r["seconds"] / r["done"], "stage_seconds": stages_n})
+    seconds = statistics.median(r["seconds"] for r in runs)
+    return {"seconds_per_image": seconds / n_images, "images_per_second": n_images / seconds,
+            "masks_per_second": sum(r["masks"] for r in runs) / len(runs) / seconds,
+            "runs_seconds": [r["seconds"] for r in runs], "stage_seconds_per_image": stages,
+            "model_executions_per_image": requests,
+            "client_peak_memory_mib": max(r["client_peak_memory_mib"] for r in runs),
+            "in_flight_sweep": sweep, "masks_scaling": scaling}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    import torch
+
     from model_repository.server import EmbeddedServer
+    from ssa.flops import GraphFlops, gemm_peak
+    from ssa.openvino_models import cpu_has_bf16
 
     started = time.perf_counter()
     out = args.out or Path("artifacts/bench") / args.profile
     out.mkdir(parents=True, exist_ok=True)
-    if args.url:
-        profile_dir, repository = args.models_dir / args.profile, None
-    else:
-        profile_dir, repository = ensure_repository(args.profile, args.models_dir, args.repository)
+    if args.url and len(args.configs) != 1:
+        raise SystemExit("--url: give the one configuration the server runs with --configs")
+    torch.set_num_threads(os.cpu_count() or 2)
+    print("dense-GEMM peak ...", file=sys.stderr)
+    peaks = {"fp32": gemm_peak("cpu", "fp32"), "bf16": gemm_peak("cpu", "bf16") if cpu_has_bf16() else None}
+    profile_dir, export_dir = ensure_export(args.profile, args.models_dir, args.onnx_dir)
     dirs = prepare_data(out, args.images, args.masks, args.scaling_masks)
     per_image = mask_counts(dirs["compare"])
     n_images, n_masks = len(per_image), sum(per_image)
@@ -324,64 +513,71 @@ def main(argv: list[str] | None = None) -> int:
     print(f"reference: {n_images} images, {n_masks} masks ...", file=sys.stderr)
     ref = run_reference(profile_dir, dirs["compare"], args.reference_repeats, args.reference_device)
     ref_seconds = statistics.median(ref["runs_seconds"])
+    print("reference: FLOPs (untimed pass) ...", file=sys.stderr)
+    ref_flops = reference_flops(profile_dir, dirs["compare"])
+    ref_stages = ref["stage_seconds_per_image"]
     reference = {"seconds_per_image": ref_seconds / n_images, "images_per_second": n_images / ref_seconds,
                  "masks_per_second": n_masks / ref_seconds, "runs_seconds": ref["runs_seconds"],
-                 "stage_seconds_per_image": ref["stage_seconds_per_image"], "peak_memory_mib": ref["peak_memory_mib"]}
+                 "stage_seconds_per_image": ref_stages, "peak_memory_mib": ref["peak_memory_mib"],
+                 "efficiency": efficiency(ref_flops, ref_stages, peaks["fp32"]),
+                 # OneFormer runs once per image; everything else once per mask
+                 "per_image_seconds": ref_stages["oneformer"],
+                 "per_mask_seconds": (ref_seconds / n_images - ref_stages["oneformer"]) * n_images / n_masks}
 
     import tritonclient.grpc as grpcclient
 
-    with contextlib.ExitStack() as stack:
-        if args.url:
-            url, memory = args.url, None
-        else:
-            server = stack.enter_context(EmbeddedServer(repository, log_path=out / "tritonserver.log"))
-            url, memory = server.url, PeakMemory(server.pid)
-            memory.start()
-        client = grpcclient.InferenceServerClient(url)
-        print("Triton: warm-up ...", file=sys.stderr)
-        run_runner(url, dirs[f"masks_{args.scaling_masks[0]}"], out / "runs" / "warmup", 1)
-        before = model_stats(client)
-        runs = []
-        for r in range(args.repeats):
-            print(f"Triton: comparison run {r + 1}/{args.repeats} ...", file=sys.stderr)
-            runs.append(run_runner(url, dirs["compare"], out / "runs" / f"compare_{r}", 1))
-        stages, requests = triton_stages(before, model_stats(client), n_images * args.repeats)
-        median_run = sorted(runs, key=lambda r: r["seconds"])[len(runs) // 2]
-        sweep = []
-        for n in args.in_flight:
-            print(f"Triton: {n} in flight ...", file=sys.stderr)
-            r = median_run if n == 1 else run_runner(url, dirs["compare"], out / "runs" / f"in_flight_{n}", n)
-            sweep.append({"in_flight": n, "images_per_second": r["images_per_second"],
-                          "masks_per_second": r["masks_per_second"]})
-        scaling = []
-        for n in args.scaling_masks:
-            print(f"Triton: {n} masks per image ...", file=sys.stderr)
-            r = run_runner(url, dirs[f"masks_{n}"], out / "runs" / f"masks_{n}", 1)
-            scaling.append({"masks": r["masks"], "seconds_per_image": r["seconds"] / r["done"]})
-        server_peak = memory.stop() if memory else None
-
-    tri_seconds = statistics.median(r["seconds"] for r in runs)
-    triton = {"seconds_per_image": tri_seconds / n_images, "images_per_second": n_images / tri_seconds,
-              "masks_per_second": n_masks / tri_seconds, "runs_seconds": [r["seconds"] for r in runs],
-              "stage_seconds_per_image": stages, "model_executions_per_image": requests,
-              "client_peak_memory_mib": max(r["client_peak_memory_mib"] for r in runs),
-              "server_peak_memory_mib": mib(server_peak) if server_peak is not None else None}
+    flops = GraphFlops(profile_dir, Path("artifacts/bench") / "flops_cache.json")
+    engines, counted = {}, {}
+    for k, (backend, precision) in enumerate(args.configs):
+        name = f"{backend}-{precision}"
+        last = k == len(args.configs) - 1
+        with contextlib.ExitStack() as stack:
+            if args.url:
+                url, memory = args.url, None
+            else:
+                _, repository = ensure_repository(args.profile, args.models_dir, None, backend, precision, export_dir,
+                                                  args.repository_root)
+                print(f"{name}: starting the embedded tritonserver ...", file=sys.stderr)
+                server = stack.enter_context(EmbeddedServer(repository, log_path=out / f"tritonserver-{name}.log"))
+                url, memory = server.url, PeakMemory(server.pid)
+                memory.start()
+            client = grpcclient.InferenceServerClient(url)
+            result = run_engine(name, url, client, dirs, args, out, sweeps=last)
+            result["server_peak_memory_mib"] = mib(memory.stop()) if memory else None
+        if precision not in counted:
+            print(f"{name}: FLOPs (the same engine in this process, every graph call counted) ...", file=sys.stderr)
+            counted[precision] = engine_flops(profile_dir, export_dir, dirs["compare"], precision, flops)
+        peak = peaks[precision] or peaks["fp32"]  # bf16 without bf16 units runs fp32
+        result.update(backend=backend, precision=precision,
+                      label=f"Triton, {'ONNX Runtime' if backend == 'onnxruntime' else 'OpenVINO'} {precision}",
+                      ratio=result["images_per_second"] / reference["images_per_second"],
+                      efficiency=efficiency(counted[precision], result["stage_seconds_per_image"], peak),
+                      labels=compare_labels(ref["labels"], out / "runs" / name / "compare_0"))
+        for point in result["masks_scaling"]:
+            f = engine_flops(profile_dir, export_dir, dirs[f"masks_{point['masks']}"], precision, flops)
+            point["reference_seconds_per_image"] = (reference["per_image_seconds"]
+                                                    + point["masks"] * reference["per_mask_seconds"])
+            point["ratio"] = point["reference_seconds_per_image"] / point["seconds_per_image"]
+            point["efficiency"] = efficiency(f, point.pop("stage_seconds"), peak)
+        engines[name] = result
+    primary = engines[list(engines)[-1]]
     profile = json.loads((profile_dir / "profile.json").read_text())
     result = {
         "command": "python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:]),
         "profile": args.profile, "model_ids": profile.get("model_ids"), "model_sources": profile.get("sources"),
         "model_parameters": parameter_counts(profile_dir),
         "machine": {"cores": os.cpu_count(), "arch": platform.machine(), "python": platform.python_version(),
-                    "gpu": gpu_name()},
+                    "cpu": cpu_name(), "gpu": gpu_name(), "bf16_units": cpu_has_bf16()},
+        "peaks": peaks,
         "server": args.url or "embedded tritonserver (cpu target)",
         "sample": {"images": n_images, "masks": n_masks, "masks_per_image": per_image,
                    "photos": sorted(p.name for p in dirs["compare"].glob("*.jpg"))},
         "repeats": args.repeats, "reference_repeats": args.reference_repeats,
-        "reference": reference, "triton": triton,
-        "ratio": triton["images_per_second"] / reference["images_per_second"],
-        "ratio_best": max(s["images_per_second"] for s in sweep) / reference["images_per_second"],
-        "labels": compare_labels(ref["labels"], out / "runs" / "compare_0"),
-        "in_flight_sweep": sweep, "masks_scaling": scaling,
+        "reference": reference, "engines": engines, "triton": primary,
+        "ratio": primary["ratio"],
+        "ratio_best": max(s["images_per_second"] for s in primary["in_flight_sweep"]) / reference["images_per_second"],
+        "labels": {k: primary["labels"][k] for k in ("equal", "total")},
+        "in_flight_sweep": primary["in_flight_sweep"], "masks_scaling": primary["masks_scaling"],
     }
     result["elapsed_seconds"] = time.perf_counter() - started
     (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -419,3 +615,15 @@ def gpu_name() -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.splitlines()[0].strip() if out.returncode == 0 and out.stdout.strip() else None
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), with its matrix-unit flags."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or "unknown CPU"
+    name = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "CPU")
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    units = [f for f in ("amx_bf16", "avx512_bf16", "amx_int8") if f in flags]
+    return f"{name}, {' '.join(units) or 'no bf16 units'}"
