@@ -30,7 +30,6 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 
-
 def _register_cpu_attention() -> None:
     """FlopCounterMode counts the CUDA attention kernels but not the CPU one that
     `scaled_dot_product_attention` dispatches to on a CPU (torch 2.13): count it the same way (QK^T
