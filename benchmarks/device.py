@@ -130,6 +130,66 @@ def run_engine(profile_dir: Path, loaded: list, device, precision: str, nlp, ker
     return {"result": result, "labels": labels}
 
 
+def count_reference(profile_dir: Path, loaded: list, device, nlp) -> dict:
+    """The reference's FLOPs per stage per image (an untimed pass under FlopCounterMode)."""
+    from ssa.flops import MODEL_STAGES, ReferenceFlops
+    from ssa.reference import TorchModels, annotate_image
+
+    models = TorchModels.load(profile_dir, device=str(device))
+    for model in models.models.values():  # the counter's module tracker follows tensors that need grad
+        model.requires_grad_(False)
+    counter = ReferenceFlops()
+    with counter.counter:
+        for _stem, image, masks in loaded:
+            annotate_image(image, masks, models, nlp=nlp, timer=counter)
+    return {s: counter.flops.get(s, 0) / len(loaded) for s in MODEL_STAGES}
+
+
+def count_engine(profile_dir: Path, loaded: list, device, precision: str, nlp, kernel: str) -> dict:
+    """The engine's FLOPs per stage per image: every graph call of an untimed engine run counted
+    on the export wrappers at its shapes (`ssa.flops`)."""
+    from ssa.engine import annotate_image
+    from ssa.flops import MODEL_STAGES, GraphFlops, by_stage, counting
+    from ssa.preprocess import Processors
+    from ssa.torch_models import torch_models
+
+    processors = Processors.load(profile_dir)
+    models = torch_models(profile_dir, processors, device, precision)
+    flops = GraphFlops(profile_dir, Path("artifacts/bench") / "flops_cache.json")
+    per_graph: dict[str, int] = {}
+    counting(models, flops, per_graph)
+    for _stem, image, masks in loaded:
+        annotate_image(image, masks, models, processors, nlp=nlp, kernel=kernel)
+    flops.save()
+    stages = by_stage(per_graph)
+    return {s: stages.get(s, 0) / len(loaded) for s in MODEL_STAGES}
+
+
+def device_peaks(device) -> dict[str, float]:
+    """Dense-GEMM FLOP/s of the device per precision, measured now: fp32 and bf16 on a CPU
+    (bf16 where it has the units); fp32 (no TF32), TF32, fp16 and bf16 on a GPU."""
+    from ssa.flops import gemm_peak
+
+    if device.type == "cuda":
+        return {p: gemm_peak(device, p, n=8192) for p in ("fp32", "tf32", "fp16", "bf16")}
+    from ssa.openvino_models import cpu_has_bf16
+
+    return {"fp32": gemm_peak(device, "fp32"), **({"bf16": gemm_peak(device, "bf16")} if cpu_has_bf16() else {})}
+
+
+def with_efficiency(run: dict, flops: dict, peak: float) -> dict:
+    from ssa.flops import MODEL_STAGES
+
+    eff = {}
+    for stage in (*MODEL_STAGES, "models"):
+        stages = MODEL_STAGES if stage == "models" else (stage,)
+        f = sum(flops[s] for s in stages)
+        t = sum(run["stage_seconds_per_image"][s] for s in stages)
+        eff[stage] = {"flops": f, "seconds": t, "flop_per_s": f / t if t else None,
+                      "share_of_peak": f / t / peak if t else None}
+    return {**run, "efficiency": eff, "peak_flop_per_s": peak}
+
+
 def summarise(run: dict, n_images: int, n_masks: int) -> dict:
     total = sum(run["seconds_per_image"].values())
     stages = {s: run["stage_seconds"].get(s, 0.0) / n_images for s in STAGES[:-1]}
@@ -146,6 +206,12 @@ def markdown(result: dict) -> str:
             ("s/image", [f"{r['seconds'] / result['sample']['images']:.2f}" for r in runs])]
     for stage in STAGES:
         rows.append((f"  {stage} s/image", [f"{r['stage_seconds_per_image'][stage]:.3f}" for r in runs]))
+    for stage in ("oneformer", "caption", "clip", "clipseg", "models"):
+        label = "models together" if stage == "models" else f"  {stage}"
+        rows.append((f"{label}: GFLOP/image", [f"{r['efficiency'][stage]['flops'] / 1e9:,.1f}" for r in runs]))
+        rows.append((f"{label}: GFLOP/s (share of peak)", [
+            f"{r['efficiency'][stage]['flop_per_s'] / 1e9:,.0f} ({r['efficiency'][stage]['share_of_peak']:.1%})"
+            if r["efficiency"][stage]["flop_per_s"] else "" for r in runs]))
     rows.append(("engine / reference (images/s)", ["1.00x"] + [
         f"{r['images_per_second'] / result['reference']['images_per_second']:.2f}x" for r in runs[1:]]))
     rows.append(("peak GPU memory MiB", [str(r["peak_gpu_memory_mib"]) for r in runs]))
@@ -161,7 +227,10 @@ def markdown(result: dict) -> str:
     s, t = result["sample"], result["near_tie_thresholds"]
     head = (f"`{result['command']}`: {result['machine']['device_name']}, profile `{result['profile']}`, "
             f"{s['images']} images, {s['masks']} masks ({', '.join(map(str, s['masks_per_image']))} per image), "
-            f"one run each, {result['elapsed_seconds'] / 60:.1f} min in all. {near_tie_text(t)}\n\n")
+            f"one run each, {result['elapsed_seconds'] / 60:.1f} min in all. {near_tie_text(t)} Dense-GEMM peak "
+            "measured in this run: " + ", ".join(f"{p} {v / 1e12:,.2f} TFLOP/s" for p, v in result["peaks"].items())
+            + " (a column's share is against its precision's peak; the reference's against fp32). FLOPs counted "
+            "with FlopCounterMode (matmuls, convolutions, attention).\n\n")
     table = "| | " + " | ".join(cols) + " |\n" + "|---" * (len(cols) + 1) + "|\n"
     table += "".join(f"| {name} | " + " | ".join(vals) + " |\n" for name, vals in rows)
     return head + table
@@ -297,12 +366,17 @@ def main(argv: list[str] | None = None) -> int:
                   "clipseg": args.near_tie_vote}
 
     print(f"reference on {device}: {n_images} images, {n_masks} masks ...", file=sys.stderr)
+    peaks = device_peaks(device)
     ref = run_reference(profile_dir, loaded, device, nlp)
+    print(f"reference on {device}: FLOPs (untimed pass) ...", file=sys.stderr)
+    ref_flops = count_reference(profile_dir, loaded, device, nlp)
     engine, agree = {}, {}
     for precision in precisions:
         print(f"engine on {device}, {precision} ...", file=sys.stderr)
         run = run_engine(profile_dir, loaded, device, precision, nlp, args.kernel)
-        engine[precision] = summarise(run["result"], n_images, n_masks)
+        flops = count_engine(profile_dir, loaded, device, precision, nlp, args.kernel)
+        engine[precision] = with_efficiency(summarise(run["result"], n_images, n_masks), flops,
+                                            peaks.get(precision, peaks["fp32"]))
         agree[precision] = agreement(ref["labels"], run["labels"], thresholds)
     result = {
         "command": "python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -311,8 +385,9 @@ def main(argv: list[str] | None = None) -> int:
                     if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)",
                     "torch": torch.__version__, "python": platform.python_version(), "cores": os.cpu_count()},
         "sample": {"images": n_images, "masks": n_masks, "masks_per_image": [len(m) for _, _, m in loaded]},
-        "near_tie_thresholds": thresholds,
-        "reference": summarise(ref["result"], n_images, n_masks), "engine": engine, "agreement": agree,
+        "near_tie_thresholds": thresholds, "peaks": peaks,
+        "reference": with_efficiency(summarise(ref["result"], n_images, n_masks), ref_flops, peaks["fp32"]),
+        "engine": engine, "agreement": agree,
     }
     if args.sam > 0:
         from ssa.profiles import SAM

@@ -162,17 +162,41 @@ def reference_flops(profile_dir: Path, data_dir: Path) -> dict:
     return {s: counter.flops.get(s, 0) / images for s in MODEL_STAGES}
 
 
-def engine_flops(profile_dir: Path, export_dir: Path, data_dir: Path, precision: str, flops) -> dict:
+def release_memory() -> None:
+    """Collect, and hand freed heap back to the system (glibc keeps it otherwise)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+def in_child(fn, *args):
+    """`fn(*args)` in a fresh process (spawned), its result returned: the counting passes load every
+    model again, and their memory must not stay with this process while the servers run."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
+
+
+def engine_flops(profile_dir: Path, export_dir: Path, data_dir: Path, precision: str, cache: Path) -> dict:
     """The engine's FLOPs per stage per image on `data_dir`: the engine (`ssa.engine`, the graphs on
-    OpenVINO at `precision`, as served) run in this process, every graph call counted."""
+    OpenVINO at `precision`, as served) run in this process, every graph call counted (`cache`: the
+    counts kept between runs)."""
     from ssa.dataset import folder_items
     from ssa.engine import annotate_image
-    from ssa.flops import by_stage, counting
+    from ssa.flops import GraphFlops, by_stage, counting
     from ssa.nouns import load_spacy
     from ssa.openvino_models import openvino_models
     from ssa.preprocess import Processors
     from ssa.runner import load_item
 
+    flops = GraphFlops(profile_dir, cache)
     processors = Processors.load(profile_dir)
     models = openvino_models(export_dir, processors, os.cpu_count() or 2, precision)
     per_graph: dict[str, int] = {}
@@ -494,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from model_repository.server import EmbeddedServer
-    from ssa.flops import GraphFlops, gemm_peak
+    from ssa.flops import gemm_peak
     from ssa.openvino_models import cpu_has_bf16
 
     started = time.perf_counter()
@@ -512,22 +536,20 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"reference: {n_images} images, {n_masks} masks ...", file=sys.stderr)
     ref = run_reference(profile_dir, dirs["compare"], args.reference_repeats, args.reference_device)
+    release_memory()  # the reference's models: give their memory back before the servers start
     ref_seconds = statistics.median(ref["runs_seconds"])
-    print("reference: FLOPs (untimed pass) ...", file=sys.stderr)
-    ref_flops = reference_flops(profile_dir, dirs["compare"])
     ref_stages = ref["stage_seconds_per_image"]
     reference = {"seconds_per_image": ref_seconds / n_images, "images_per_second": n_images / ref_seconds,
                  "masks_per_second": n_masks / ref_seconds, "runs_seconds": ref["runs_seconds"],
                  "stage_seconds_per_image": ref_stages, "peak_memory_mib": ref["peak_memory_mib"],
-                 "efficiency": efficiency(ref_flops, ref_stages, peaks["fp32"]),
                  # OneFormer runs once per image; everything else once per mask
                  "per_image_seconds": ref_stages["oneformer"],
                  "per_mask_seconds": (ref_seconds / n_images - ref_stages["oneformer"]) * n_images / n_masks}
 
     import tritonclient.grpc as grpcclient
 
-    flops = GraphFlops(profile_dir, Path("artifacts/bench") / "flops_cache.json")
-    engines, counted = {}, {}
+    cache = Path("artifacts/bench") / "flops_cache.json"
+    engines = {}
     for k, (backend, precision) in enumerate(args.configs):
         name = f"{backend}-{precision}"
         last = k == len(args.configs) - 1
@@ -544,22 +566,31 @@ def main(argv: list[str] | None = None) -> int:
             client = grpcclient.InferenceServerClient(url)
             result = run_engine(name, url, client, dirs, args, out, sweeps=last)
             result["server_peak_memory_mib"] = mib(memory.stop()) if memory else None
-        if precision not in counted:
-            print(f"{name}: FLOPs (the same engine in this process, every graph call counted) ...", file=sys.stderr)
-            counted[precision] = engine_flops(profile_dir, export_dir, dirs["compare"], precision, flops)
-        peak = peaks[precision] or peaks["fp32"]  # bf16 without bf16 units runs fp32
         result.update(backend=backend, precision=precision,
                       label=f"Triton, {'ONNX Runtime' if backend == 'onnxruntime' else 'OpenVINO'} {precision}",
                       ratio=result["images_per_second"] / reference["images_per_second"],
-                      efficiency=efficiency(counted[precision], result["stage_seconds_per_image"], peak),
                       labels=compare_labels(ref["labels"], out / "runs" / name / "compare_0"))
         for point in result["masks_scaling"]:
-            f = engine_flops(profile_dir, export_dir, dirs[f"masks_{point['masks']}"], precision, flops)
             point["reference_seconds_per_image"] = (reference["per_image_seconds"]
                                                     + point["masks"] * reference["per_mask_seconds"])
             point["ratio"] = point["reference_seconds_per_image"] / point["seconds_per_image"]
-            point["efficiency"] = efficiency(f, point.pop("stage_seconds"), peak)
         engines[name] = result
+
+    # FLOPs, after the timed runs, each count in its own process (untimed: the counter slows work)
+    print("reference: FLOPs (untimed pass) ...", file=sys.stderr)
+    reference["efficiency"] = efficiency(in_child(reference_flops, profile_dir, dirs["compare"]), ref_stages,
+                                         peaks["fp32"])
+    counted = {}
+    for name, result in engines.items():
+        precision = result["precision"]
+        if precision not in counted:
+            print(f"{name}: FLOPs (the same engine in a child process, every graph call counted) ...", file=sys.stderr)
+            counted[precision] = in_child(engine_flops, profile_dir, export_dir, dirs["compare"], precision, cache)
+        peak = peaks[precision] or peaks["fp32"]  # bf16 without bf16 units runs fp32
+        result["efficiency"] = efficiency(counted[precision], result["stage_seconds_per_image"], peak)
+        for point in result["masks_scaling"]:
+            f = in_child(engine_flops, profile_dir, export_dir, dirs[f"masks_{point['masks']}"], precision, cache)
+            point["efficiency"] = efficiency(f, point.pop("stage_seconds"), peak)
     primary = engines[list(engines)[-1]]
     profile = json.loads((profile_dir / "profile.json").read_text())
     result = {

@@ -8,30 +8,45 @@ import json
 from benchmarks.run import STAGES, main
 
 
-def test_benchmark_smoke(tiny_profile, repositories, tmp_path, capsys):
+def test_benchmark_smoke(tiny_profile, tiny_export, tmp_path, capsys):
+    """Two engine configurations (today's ONNX Runtime fp32, OpenVINO bf16) beside the reference:
+    every figure there, FLOPs and shares of the measured peak per stage, labels compared."""
     out = tmp_path / "bench"
-    code = main(["--profile", "tiny", "--models_dir", str(tiny_profile.parent), "--repository",
-                 str(repositories["cpu"]), "--images", "2", "--masks", "3", "--repeats", "2", "--in_flight", "1,2",
+    code = main(["--profile", "tiny", "--models_dir", str(tiny_profile.parent), "--onnx_dir", str(tiny_export),
+                 "--configs", "onnxruntime:fp32,openvino:bf16", "--repository_root", str(tmp_path / "repos"),
+                 "--images", "2", "--masks", "3", "--repeats", "2", "--in_flight", "1,2",
                  "--scaling_masks", "2,4", "--out", str(out)])
     assert code == 0
     result = json.loads((out / "result.json").read_text())
-    assert result["sample"]["images"] == 2 and result["sample"]["masks"] == sum(result["sample"]["masks_per_image"])
-    assert result["labels"] == {"equal": result["sample"]["masks"], "total": result["sample"]["masks"]}
-    for engine in ("reference", "triton"):
-        r = result[engine]
-        assert r["images_per_second"] > 0 and r["masks_per_second"] > r["images_per_second"]
-        assert set(r["stage_seconds_per_image"]) == set(STAGES)
-        assert all(v >= 0 for k, v in r["stage_seconds_per_image"].items() if k != "pre/post-processing")
-    assert len(result["triton"]["runs_seconds"]) == 2
-    assert result["triton"]["client_peak_memory_mib"] > 0 and result["triton"]["server_peak_memory_mib"] > 0
-    # batching: every compute model runs once per image at 3 masks per image
-    executions = result["triton"]["model_executions_per_image"]
-    assert executions["ssa_engine"] == 1 and executions["clip_image"] == 1 and executions["oneformer_coco"] == 1
-    assert [r["in_flight"] for r in result["in_flight_sweep"]] == [1, 2]
-    assert [r["masks"] for r in result["masks_scaling"]] == [2, 4]
-    assert result["ratio"] == result["triton"]["images_per_second"] / result["reference"]["images_per_second"]
+    masks = result["sample"]["masks"]
+    assert result["sample"]["images"] == 2 and masks == sum(result["sample"]["masks_per_image"])
+    assert list(result["engines"]) == ["onnxruntime-fp32", "openvino-bf16"]
+    assert result["peaks"]["fp32"] > 1e9 and result["machine"]["cpu"]
+    baseline, bf16 = result["engines"]["onnxruntime-fp32"], result["engines"]["openvino-bf16"]
+    assert baseline["labels"]["equal"] == baseline["labels"]["total"] == masks  # fp32: identical labels
+    for engine in (baseline, bf16):
+        assert engine["labels"]["differ_clear"] == []
+        assert engine["images_per_second"] > 0 and len(engine["runs_seconds"]) == 2
+        assert set(engine["stage_seconds_per_image"]) == set(STAGES)
+        assert engine["client_peak_memory_mib"] > 0 and engine["server_peak_memory_mib"] > 0
+        eff = engine["efficiency"]
+        assert all(eff[s]["flops"] > 0 and 0 < eff[s]["share_of_peak"] < 1 for s in ("oneformer", "caption", "clipseg"))
+        assert eff["models"]["flops"] == sum(eff[s]["flops"] for s in ("oneformer", "caption", "clip", "clipseg"))
+        # batching: every compute model runs once per image at 3 masks per image
+        executions = engine["model_executions_per_image"]
+        assert executions["ssa_engine"] == 1 and executions["clip_image"] == 1 and executions["oneformer_coco"] == 1
+    ref = result["reference"]
+    assert ref["efficiency"]["clipseg"]["flops"] > bf16["efficiency"]["clipseg"]["flops"]  # a visual pass per prompt
+    assert ref["per_image_seconds"] > 0 and ref["per_mask_seconds"] > 0
+    assert result["triton"] == bf16 and result["ratio"] == bf16["images_per_second"] / ref["images_per_second"]
+    assert [r["in_flight"] for r in result["in_flight_sweep"]] == [1, 2] and baseline["in_flight_sweep"] == []
+    scaling = result["masks_scaling"]
+    assert [r["masks"] for r in scaling] == [2, 4]
+    assert scaling[1]["efficiency"]["models"]["flops"] > scaling[0]["efficiency"]["models"]["flops"]
+    assert scaling[1]["reference_seconds_per_image"] == ref["per_image_seconds"] + 4 * ref["per_mask_seconds"]
     table = (out / "table.md").read_text()
-    assert "| images/s |" in table and "labels equal" in table and table in capsys.readouterr().out
+    assert "| images/s |" in table and "GFLOP/s (share of peak)" in table and "clear decisions that differ" in table
+    assert table in capsys.readouterr().out
     for name in ("seconds_per_image_vs_masks", "throughput_vs_in_flight"):
         assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert (out / f"{name}.svg").read_text().lstrip().startswith("<?xml")
@@ -91,12 +106,16 @@ def test_device_benchmark_on_the_cpu(tiny_profile, tmp_path, capsys):
     per_mask = engine["transfer_bytes_per_mask"]
     assert per_mask["image"] > 0 and per_mask["masks"] > 0 and 0 < per_mask["beyond_image_and_masks"] <= 200_000
     assert engine["peak_gpu_memory_mib"] is None  # no GPU here
+    assert result["peaks"]["fp32"] > 1e9
+    for run in (engine, result["reference"]):  # FLOPs and the share of the measured peak, per stage
+        eff = run["efficiency"]
+        assert all(eff[s]["flops"] > 0 and 0 < eff[s]["share_of_peak"] < 1 for s in ("oneformer", "caption", "clipseg"))
     sam = result["sam"]  # SSA + SAM: the mask generator, reference and engine path on the device
     assert sam["reference"]["seconds_per_image"] > 0 and sam["fp32"]["seconds_per_image"] > 0
     assert sam["fp32"]["agreement"]["unexplained"] == 0
     assert sam["fp32"]["agreement"]["matched"] == sam["fp32"]["agreement"]["reference"] == sum(sam["reference"]["masks"])
     table = (out / "table.md").read_text()
-    assert "labels equal, not near-ties" in table and "SAM s/image" in table and table in capsys.readouterr().out
+    assert "labels equal, not near-ties" in table and "SAM s/image" in table and "share of peak" in table and table in capsys.readouterr().out
 
 
 def test_soak_benchmark_smoke(tiny_profile, repositories, tmp_path, capsys):
@@ -135,3 +154,20 @@ def test_sam_benchmark_smoke(tiny_profile, tiny_export, tmp_path, capsys):
     assert result["reference_sam_seconds_per_image"] > 0 and result["triton_sam_seconds_per_image"] > 0
     assert result["labelled_masks"] == result["masks_per_image"][0]
     assert "SAM s/image" in (out / "table.md").read_text()
+
+
+def test_repeated_crops_are_counted(example_dir, tiny_profile, tmp_path, capsys):
+    """Two masks with the same box give the same crop at every scale, another box none; the
+    command counts the example set and SAM's masks of its photos and says whether sharing pays."""
+    from benchmarks.repeats import MODELS, main, repeated_crops
+
+    size = (100, 120)
+    assert repeated_crops([[10, 10, 20, 20], [10, 10, 20, 20], [50, 40, 5, 5]], size) == dict.fromkeys(MODELS, 1)
+    # boxes that differ but clamp to the same crop (the whole image) repeat too
+    assert repeated_crops([[0, 0, 119, 99], [1, 1, 118, 98]], size) == dict.fromkeys(MODELS, 1)
+    assert main(["--data", str(example_dir), "--sam_profile", "tiny", "--models_dir", str(tiny_profile.parent),
+                 "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "result.json").read_text())
+    sources = list(result["sources"].values())
+    assert len(sources) == 2 and sources[0]["crops"] == 60 and sources[1]["images"] == 6
+    assert "threshold" in (tmp_path / "table.md").read_text() and "repeated" in capsys.readouterr().out
