@@ -13,9 +13,11 @@ ARG TRITON_RELEASE=24.12
 FROM nvcr.io/nvidia/tritonserver:${TRITON_RELEASE}-py3
 
 # torch from PyPI is the CUDA 12.8 build (runs on the image's CUDA 12.6 drivers by minor-version
-# compatibility); onnxruntime-gpu takes and returns tensors by DLPack
+# compatibility); onnxruntime-gpu 1.26.0 is the last CUDA 12 build (1.27 and later are CUDA 13, which
+# nothing in this image provides) and the first with the Python OrtValue.from_dlpack (1.23-1.25 lack
+# it): it takes and returns tensors by DLPack. tests/test_deploy.py reads each GPU wheel's CUDA major.
 ARG TORCH_VERSION=2.9.1
-ARG ORT_GPU_VERSION=1.31.1
+ARG ORT_GPU_VERSION=1.26.0
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_BREAK_SYSTEM_PACKAGES=1 \
     TRANSFORMERS_VERBOSITY=error HF_HUB_OFFLINE=1
 

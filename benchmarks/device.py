@@ -40,7 +40,10 @@ class Clock:
     def __init__(self, device):
         import torch
 
-        self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        # the benchmark's own device (cuda:N), not the current one: otherwise the timings on any GPU
+        # but the current one do not wait for the work
+        self.device = device
+        self.sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
 
     def __call__(self) -> float:
         self.sync()

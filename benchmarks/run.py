@@ -201,11 +201,14 @@ def engine_flops(profile_dir: Path, export_dir: Path, data_dir: Path, precision:
     models = openvino_models(export_dir, processors, os.cpu_count() or 2, precision)
     per_graph: dict[str, int] = {}
     counting(models, flops, per_graph)
-    nlp, images = load_spacy(), 0
-    for item in folder_items(data_dir):
-        image, _doc, masks = load_item(item)
+    nlp = load_spacy()
+    loaded = [load_item(item) for item in folder_items(data_dir)]
+    for image, _doc, masks in loaded:  # once uncounted: names cached, as in the timed runs' median
         annotate_image(image, masks, models, processors, nlp=nlp)
-        images += 1
+    per_graph.clear()
+    for image, _doc, masks in loaded:
+        annotate_image(image, masks, models, processors, nlp=nlp)
+    images = len(loaded)
     flops.save()
     stages = by_stage(per_graph)
     return {s: stages.get(s, 0) / images for s in MODEL_STAGES}
@@ -320,9 +323,13 @@ def parse_configs(text: str) -> list[tuple[str, str]]:
     out = []
     for part in (p.strip() for p in text.split(",") if p.strip()):
         backend, _, precision = part.partition(":")
+        if backend == "served" and precision:  # --url: what that server runs (e.g. served:fp16 on TensorRT)
+            out.append((backend, precision))
+            continue
         if backend not in BACKENDS[:2] or precision not in PRECISIONS:
             raise argparse.ArgumentTypeError(f"{part!r}: a configuration is backend:precision, backend one of "
-                                             f"{', '.join(BACKENDS[:2])}, precision one of {', '.join(PRECISIONS)}")
+                                             f"{', '.join(BACKENDS[:2])} (or served with --url), precision one of "
+                                             f"{', '.join(PRECISIONS)}")
         if backend == "onnxruntime" and precision != "fp32":
             raise argparse.ArgumentTypeError(f"{part!r}: ONNX Runtime runs fp32 only")
         out.append((backend, precision))
@@ -331,13 +338,15 @@ def parse_configs(text: str) -> list[tuple[str, str]]:
     return out
 
 
-def _gf(f: float) -> str:
+def _gf(f: float | None) -> str:
+    if f is None:
+        return ""
     return f"{f / 1e9:,.0f}" if f >= 1e10 else f"{f / 1e9:,.1f}"
 
 
-def _eff(e: dict) -> str:
+def _eff(e: dict | None) -> str:
     """"GFLOP/s (share of peak)" of one efficiency entry."""
-    if not e["flop_per_s"]:
+    if not e or not e["flop_per_s"]:
         return ""
     return f"{e['flop_per_s'] / 1e9:,.0f} ({e['share_of_peak']:.0%})"
 
@@ -361,11 +370,11 @@ def markdown(result: dict) -> str:
                      + [f"{engines[n]['stage_seconds_per_image'][stage]:.2f}" for n in names] + [""]))
     for stage in MODEL_STAGES:
         rows.append((f"  {stage} GFLOP/image", [_gf(ref["efficiency"][stage]["flops"])]
-                     + [_gf(engines[n]["efficiency"][stage]["flops"]) for n in names] + [""]))
+                     + [_gf((engines[n]["efficiency"] or {}).get(stage, {}).get("flops")) for n in names] + [""]))
     for stage in (*MODEL_STAGES, "models"):
         label = "models together" if stage == "models" else f"  {stage}"
         rows.append((f"{label}: GFLOP/s (share of peak)", [_eff(ref["efficiency"][stage])]
-                     + [_eff(engines[n]["efficiency"][stage]) for n in names] + [""]))
+                     + [_eff((engines[n]["efficiency"] or {}).get(stage)) for n in names] + [""]))
     rows += [
         ("peak memory, client MiB", [f"{ref['peak_memory_mib']:.0f} (reference process)"]
          + [f"{engines[n]['client_peak_memory_mib']:.0f}" for n in names] + [""]),
@@ -397,7 +406,8 @@ def markdown(result: dict) -> str:
              "| masks | engine s/image | reference s/image (extrapolated) | engine / reference | "
              "engine GFLOP/image | models: GFLOP/s (share of peak) |\n|---|---|---|---|---|---|\n")
     scale += "".join(f"| {r['masks']} | {r['seconds_per_image']:.2f} | {r['reference_seconds_per_image']:.1f} | "
-                     f"{r['ratio']:.2f}x | {_gf(r['efficiency']['models']['flops'])} | {_eff(r['efficiency']['models'])} |\n"
+                     f"{r['ratio']:.2f}x | {_gf((r['efficiency'] or {}).get('models', {}).get('flops'))} | "
+                     f"{_eff((r['efficiency'] or {}).get('models'))} |\n"
                      for r in sc)
     return head + table + scale
 
@@ -524,11 +534,15 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     out = args.out or Path("artifacts/bench") / args.profile
     out.mkdir(parents=True, exist_ok=True)
-    if args.url and len(args.configs) != 1:
-        raise SystemExit("--url: give the one configuration the server runs with --configs")
+    if bool(args.url) != any(b == "served" for b, _ in args.configs) or (args.url and len(args.configs) != 1):
+        raise SystemExit("--url goes with one configuration, served:PRECISION (what that server runs, e.g. "
+                         "--configs served:fp16), and served only with --url")
     torch.set_num_threads(os.cpu_count() or 2)
     print("dense-GEMM peak ...", file=sys.stderr)
-    peaks = {"fp32": gemm_peak("cpu", "fp32"), "bf16": gemm_peak("cpu", "bf16") if cpu_has_bf16() else None}
+    ref_device = torch.device(args.reference_device)  # the peaks of the device the reference runs on
+    peaks = {"fp32": gemm_peak(ref_device, "fp32"),
+             "bf16": gemm_peak(ref_device, "bf16") if ref_device.type == "cuda" or cpu_has_bf16() else None,
+             **({"fp16": gemm_peak(ref_device, "fp16", n=8192)} if ref_device.type == "cuda" else {})}
     profile_dir, export_dir = ensure_export(args.profile, args.models_dir, args.onnx_dir)
     dirs = prepare_data(out, args.images, args.masks, args.scaling_masks)
     per_image = mask_counts(dirs["compare"])
@@ -566,8 +580,8 @@ def main(argv: list[str] | None = None) -> int:
             client = grpcclient.InferenceServerClient(url)
             result = run_engine(name, url, client, dirs, args, out, sweeps=last)
             result["server_peak_memory_mib"] = mib(memory.stop()) if memory else None
-        result.update(backend=backend, precision=precision,
-                      label=f"Triton, {'ONNX Runtime' if backend == 'onnxruntime' else 'OpenVINO'} {precision}",
+        runs_on = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO", "served": f"server at {args.url},"}[backend]
+        result.update(backend=backend, precision=precision, label=f"Triton, {runs_on} {precision}",
                       ratio=result["images_per_second"] / reference["images_per_second"],
                       labels=compare_labels(ref["labels"], out / "runs" / name / "compare_0"))
         for point in result["masks_scaling"]:
@@ -583,6 +597,12 @@ def main(argv: list[str] | None = None) -> int:
     counted = {}
     for name, result in engines.items():
         precision = result["precision"]
+        if result["backend"] == "served":  # its graphs are not here to count: the in-process benchmark counts them
+            result["efficiency"] = None
+            for point in result["masks_scaling"]:
+                point["efficiency"] = None
+                point.pop("stage_seconds")
+            continue
         if precision not in counted:
             print(f"{name}: FLOPs (the same engine in a child process, every graph call counted) ...", file=sys.stderr)
             counted[precision] = in_child(engine_flops, profile_dir, export_dir, dirs["compare"], precision, cache)

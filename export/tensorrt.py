@@ -24,14 +24,27 @@ import numpy as np
 # the compute models that become engines (the BLIP text graphs stay in blip_caption, ONNX Runtime)
 ENGINE_MODELS = ("oneformer_coco", "oneformer_ade20k", "blip_vision", "clip_image", "clip_text",
                  "clipseg_visual", "clipseg_text", "clipseg_decoder", "sam_encoder", "sam_decoder")
-# (min, opt, max) of every named dynamic axis other than the batch, per model
-AXIS_RANGES = {
-    # OneFormer processors: COCO shortest edge 800 / longest at most 1333; ADE20K 512 / 2048
-    "oneformer_coco": {"height": (256, 800, 1344), "width": (256, 1088, 1344)},
-    "oneformer_ade20k": {"height": (256, 512, 2048), "width": (256, 683, 2048)},
-    "clipseg_decoder": {"prompts": (1, 3, 16)},  # proposals per crop (top_k)
-    "sam_decoder": {"points": (1, 1024, 1024)},  # point prompts per request (sam_masks sends up to 1024)
-}
+def axis_ranges(sizing: dict[str, tuple[int, int]] | None = None) -> dict[str, dict[str, tuple[int, int, int]]]:
+    """(min, opt, max) of every named dynamic axis other than the batch, per model, derived from
+    what the engine can send: OneFormer's sides from its processor's sizing (shortest edge S,
+    longest at most L: the longer side never exceeds L, and the shorter one is S, or less for an
+    image wider than L:S, down to 1 pixel for a very thin one: the engine refuses no aspect ratio);
+    CLIPSeg's prompts per crop up to top_k's bound; SAM's points up to what sam_masks sends."""
+    from model_repository.generate import SAM_POINTS_PER_REQUEST
+    from ssa.params import PARAM_BOUNDS
+    from ssa.profiles import ONEFORMER_EDGES
+
+    ranges = {}
+    for name, (shortest, longest) in (sizing or ONEFORMER_EDGES).items():
+        side = (1, shortest, longest)
+        ranges[name] = {"height": side, "width": (1, min(longest, shortest * 4 // 3), longest)}
+    top_k = PARAM_BOUNDS["top_k"]
+    ranges["clipseg_decoder"] = {"prompts": (int(top_k[0]), 3, int(top_k[1]))}
+    points = SAM_POINTS_PER_REQUEST["gpu"]
+    ranges["sam_decoder"] = {"points": (1, points, points)}
+    return ranges
+
+
 FP16_ATOL, FP16_RTOL = 1e-2, 2e-2  # |trt - ort| <= atol + rtol * max|ort|, per output
 
 
@@ -49,7 +62,7 @@ class InputProfile:
 
 def optimization_profile(model: str, inputs: list[dict], max_batch: int, rows_per_request: int) -> list[InputProfile]:
     """(min, opt, max) shapes per input from the manifest's dims (ints, "batch", named axes)."""
-    ranges = AXIS_RANGES.get(model, {})
+    ranges = axis_ranges().get(model, {})
     out = []
     for t in inputs:
         shapes = ([], [], [])
@@ -62,7 +75,7 @@ def optimization_profile(model: str, inputs: list[dict], max_batch: int, rows_pe
                 triple = ranges[d]
             else:
                 raise ValueError(f"{model} input {t['name']}: no range for the dynamic axis {d!r}; "
-                                 f"add it to AXIS_RANGES")
+                                 f"add it to axis_ranges")
             for shape, v in zip(shapes, triple):
                 shape.append(v)
         out.append(InputProfile(t["name"], *(tuple(s) for s in shapes)))
@@ -179,7 +192,7 @@ def build_all(export_dir: Path, models: list[str], rows_per_request: int = 32, m
               timing_cache: Path | None = None, log=print) -> dict[str, dict]:
     """Build, check and write `<model>.plan` for each model; the check results per model."""
     from model_repository.generate import DEFAULT_MAX_BATCH, MAX_BATCH
-    from ssa.sa1b import write_bytes_atomic
+    from ssa.atomic import write_bytes_atomic
 
     manifest = json.loads((export_dir / "manifest.json").read_text())
     max_batch = max_batch or {}

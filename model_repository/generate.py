@@ -55,8 +55,12 @@ BACKENDS = ("openvino", "onnxruntime", "openvino_native")
 # SAM's point decoder (mask logits 2e-4 of their range off PyTorch, twice the tolerance; bf16: 0.77
 # of it), whose outputs are thresholded at 0 and +-1; its FLOPs are under 1% of SAM's per image
 ORT_GRAPHS = ("sam_decoder",)
-# bf16 for every graph on OpenVINO (ORT_GRAPHS run fp32 whatever the default says)
-DEFAULT_PRECISION = "bf16"
+# bf16 for the graphs that carry the FLOPs (OneFormer, BLIP, CLIP's and CLIPSeg's image towers, SAM's
+# encoder); fp32 for the text encoders and CLIPSeg's decoder (under 5% of the FLOPs): in bf16 a
+# row's result depends on how many rows share its call, and a name's cached embedding on which
+# names were encoded with it; on the bench profile that moved CLIPSeg votes clear of a near-tie
+# (4 of 24 through Triton). ORT_GRAPHS run fp32 whatever the default says.
+DEFAULT_PRECISION = "bf16,clip_text=fp32,clipseg_text=fp32,clipseg_decoder=fp32"
 TRITON_TYPE = {"FP32": "TYPE_FP32", "INT64": "TYPE_INT64", "INT32": "TYPE_INT32", "STRING": "TYPE_STRING"}
 
 
@@ -133,8 +137,8 @@ def precision_plan(backend: str, precision: str | None, names: list[str]) -> dic
 
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; backends are {', '.join(BACKENDS)}")
-    if precision is None:
-        precision = "fp32" if backend == "onnxruntime" else DEFAULT_PRECISION
+    if precision is None:  # the native backend takes bf16 only (below)
+        precision = {"onnxruntime": "fp32", "openvino_native": "bf16"}.get(backend, DEFAULT_PRECISION)
     plan = parse_precisions(precision, names)
     if backend == "onnxruntime" and set(plan.values()) != {"fp32"}:
         raise ValueError(f"precision {precision!r}: the onnxruntime backend runs fp32 only; use --backend openvino for bf16")

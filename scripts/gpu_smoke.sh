@@ -16,6 +16,18 @@ GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
 echo "card: $GPU"
 bash scripts/setup.sh
 . .venv/bin/activate
+# requirements.txt pins the CPU machines' torch; from PyPI that version is a CUDA 13 build, which
+# needs an NVIDIA driver >= 580. On GPU nodes use the CUDA 12.8 build the server image has (torch
+# 2.9.1, driver >= 525 by CUDA's minor-version compatibility), and check it sees the GPU before
+# anything starts.
+DRIVER=$(nvidia-smi --query-gpu=driver_version --format=csv,noheader | head -1)
+echo "driver: $DRIVER"
+pip install -q "torch==${GPU_TORCH:-2.9.1}"
+python - <<'PY' || { echo "gpu_smoke: PyTorch $(python -c 'import torch; print(torch.__version__, torch.version.cuda)') cannot use this GPU with driver $DRIVER (CUDA 13 builds need >= 580; set GPU_TORCH to a build for this driver)" >&2; exit 2; }
+import torch, sys
+print("torch", torch.__version__, "CUDA", torch.version.cuda, "sees", torch.cuda.device_count(), "GPU(s)")
+sys.exit(0 if torch.cuda.is_available() else 1)
+PY
 export TRANSFORMERS_VERBOSITY=error
 [ -f "artifacts/models/$PROFILE/profile.json" ] || ssa models --profile "$PROFILE" ${SNAPSHOT_DIR:+--snapshot_dir "$SNAPSHOT_DIR"}
 python -m benchmarks --device cuda --precision fp32,fp16 --profile "$PROFILE" --out "artifacts/bench/gpu-inprocess-$PROFILE"
@@ -27,7 +39,7 @@ export SSA_REPOSITORY="artifacts/repository/$PROFILE-gpu"
 docker compose build tritonserver
 docker compose up -d --wait tritonserver
 trap 'docker compose down' EXIT
-python -m benchmarks --profile "$PROFILE" --url 127.0.0.1:8001 --reference_device cuda --in_flight 1,4,16 \
+python -m benchmarks --profile "$PROFILE" --url 127.0.0.1:8001 --configs served:fp16 --reference_device cuda --in_flight 1,4,16 \
   --scaling_masks 10,50,100,200 --out "artifacts/bench/gpu-$PROFILE"
 echo "card: $GPU; in-process: artifacts/bench/gpu-inprocess-$PROFILE/table.md;" \
   "served: artifacts/bench/gpu-$PROFILE/result.json; engines: artifacts/onnx/$PROFILE/tensorrt.json"

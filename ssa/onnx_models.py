@@ -21,9 +21,19 @@ if TYPE_CHECKING:
     from ssa.preprocess import Processors
 
 
-def ort_session(path: str | Path, threads: int = 2, provider: str = "cpu"):
+def execution_providers(provider: str = "cpu", device_id: int = 0) -> list:
+    """ONNX Runtime's providers for "cpu" or "cuda" (on GPU `device_id`: without it the CUDA
+    provider takes GPU 0, whichever GPU the instance and its tensors are on)."""
+    if provider == "cuda":
+        return [("CUDAExecutionProvider", {"device_id": int(device_id)}), "CPUExecutionProvider"]
+    if provider != "cpu":
+        raise ValueError(f"unknown execution provider {provider!r} (cpu or cuda)")
+    return ["CPUExecutionProvider"]
+
+
+def ort_session(path: str | Path, threads: int = 2, provider: str = "cpu", device_id: int = 0):
     """An ONNX Runtime session with full graph optimisation and `threads` intra-op threads, on the
-    CPU or (provider "cuda", onnxruntime-gpu installed) on the GPU.
+    CPU or (provider "cuda", onnxruntime-gpu installed) on GPU `device_id`.
 
     The CPU memory arena is off: with it, every session keeps the peak of its largest batch for
     good (gigabytes for OneFormer Swin-L or 32 BLIP rows), and ten sessions in one server ran a
@@ -36,13 +46,9 @@ def ort_session(path: str | Path, threads: int = 2, provider: str = "cpu"):
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    providers = ["CPUExecutionProvider"]
-    if provider == "cuda":
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise RuntimeError(f"{path}: ONNX Runtime has no CUDA provider here (install onnxruntime-gpu)")
-        providers.insert(0, "CUDAExecutionProvider")
-    elif provider != "cpu":
-        raise ValueError(f"unknown execution provider {provider!r} (cpu or cuda)")
+    providers = execution_providers(provider, device_id)
+    if provider == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise RuntimeError(f"{path}: ONNX Runtime has no CUDA provider here (install onnxruntime-gpu)")
     return ort.InferenceSession(str(path), options, providers=providers)
 
 
@@ -67,11 +73,13 @@ def run_session(session, inputs: dict[str, torch.Tensor | np.ndarray]) -> dict[s
     ONNX Runtime by DLPack (no copy either way)."""
     import torch
 
+    from ssa import device as devices
     from ssa.device import as_ortvalue, from_dlpack
 
     held = {name: torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v.contiguous()
             for name, v in inputs.items()}  # the bound memory must outlive the run
     device = next(iter(held.values())).device if held else torch.device("cpu")
+    devices.handover(device)  # torch's queued work on the inputs (and on freed outputs) done first
     outputs = run_bound(session, {name: as_ortvalue(t) for name, t in held.items()}, (device.type, device.index or 0))
     return {name: from_dlpack(value) for name, value in outputs.items()}
 
@@ -91,7 +99,7 @@ def onnx_models(export_dir: str | Path, processors: Processors, threads: int = 2
     export_dir, device = Path(export_dir), torch.device(device)
     manifest = json.loads((export_dir / "manifest.json").read_text())
     provider = "cuda" if device.type == "cuda" else "cpu"
-    fns = {name: session_function(ort_session(export_dir / m["file"], threads, provider))
+    fns = {name: session_function(ort_session(export_dir / m["file"], threads, provider, device.index or 0))
            for name, m in manifest["models"].items() if not name.startswith("sam_")}
     return GraphModels(fns, manifest["metadata"], processors, device)
 
@@ -108,6 +116,6 @@ def onnx_sam(export_dir: str | Path, threads: int = 2, device: str | torch.devic
     missing = [n for n in ("sam_encoder", "sam_decoder") if n not in manifest["models"]]
     if missing:
         raise FileNotFoundError(f"{export_dir}: no export of {missing}; run `python -m export` first")
-    fns = {n: session_function(ort_session(export_dir / manifest["models"][n]["file"], threads, provider))
-           for n in ("sam_encoder", "sam_decoder")}
+    fns = {n: session_function(ort_session(export_dir / manifest["models"][n]["file"], threads, provider,
+                                           device.index or 0)) for n in ("sam_encoder", "sam_decoder")}
     return GraphSam(fns, device)

@@ -95,13 +95,18 @@ def _oneformer_config(role: str, size: str):
     return OneFormerConfig(**common)  # default backbone == Swin-T, as shi-labs/oneformer_ade20k_swin_tiny
 
 
+# OneFormer's processor sizing in the real checkpoints' configs (shortest edge, longest edge); the
+# TensorRT profiles are derived from it (export/tensorrt.py)
+ONEFORMER_EDGES = {"oneformer_coco": (800, 1333), "oneformer_ade20k": (512, 2048)}
+
+
 def _oneformer_processor(role: str, size: str, clip_tokenizer):
     from transformers import OneFormerImageProcessor, OneFormerProcessor
 
     if size == "tiny":
         edges = (128, 512)
     else:  # the real checkpoints' test sizes
-        edges = (800, 1333) if role == "oneformer_coco" else (512, 2048)
+        edges = ONEFORMER_EDGES[role]
     image_processor = OneFormerImageProcessor(
         size={"shortest_edge": edges[0], "longest_edge": edges[1]},
         image_mean=ONEFORMER_MEAN, image_std=ONEFORMER_STD,

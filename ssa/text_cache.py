@@ -27,8 +27,10 @@ class TextEmbeddingCache:
         missing = list(dict.fromkeys(n for n in names if n not in self._cache))
         if missing:
             tokens = self.tokenize(missing)
+            # copies: a row view would keep the encoder's whole output buffer alive (on a GPU, memory
+            # of Triton's CUDA pool) for as long as the name stays cached
             for name, emb in zip(missing, self.encode(tokens["input_ids"], tokens["attention_mask"])):
-                self._cache[name] = emb
+                self._cache[name] = emb.clone()
             self.encoded += len(missing)
         out = []
         for name in names:

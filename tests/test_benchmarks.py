@@ -171,3 +171,17 @@ def test_repeated_crops_are_counted(example_dir, tiny_profile, tmp_path, capsys)
     sources = list(result["sources"].values())
     assert len(sources) == 2 and sources[0]["crops"] == 60 and sources[1]["images"] == 6
     assert "threshold" in (tmp_path / "table.md").read_text() and "repeated" in capsys.readouterr().out
+
+
+def test_device_benchmark_waits_for_its_own_gpu(monkeypatch):
+    """The clock synchronises the benchmark's device (cuda:N), not the current one (cuda:0)."""
+    import torch
+
+    from benchmarks.device import Clock
+
+    synced = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: synced.append(device))
+    clock = Clock(torch.device("cuda", 1))
+    assert clock() > 0 and synced == [torch.device("cuda", 1)]
+    Clock(torch.device("cpu"))()
+    assert synced == [torch.device("cuda", 1)]

@@ -293,3 +293,114 @@ def test_every_pip_install_of_the_images_resolves():
             errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR")]
             failures.append(f"{where}: {' '.join(specs)}\n  " + "\n  ".join(errors[-3:]))
     assert not failures, "\n".join(failures)
+
+
+def test_tensorrt_profiles_follow_the_parameter_bounds_and_the_processors():
+    """Every request the engine can send fits its engine's profile: CLIPSeg's prompts up to top_k's
+    bound, and OneFormer's input at any aspect ratio, as its processor sizes it (a 1:40 strip
+    included, whose short side is far under the 256 the profiles once began at)."""
+    from transformers import OneFormerImageProcessor
+
+    from export.tensorrt import axis_ranges
+    from ssa.params import PARAM_BOUNDS
+    from ssa.pixels import ImagePlan
+    from ssa.profiles import ONEFORMER_EDGES
+
+    ranges = axis_ranges()
+    assert ranges["clipseg_decoder"]["prompts"][2] == PARAM_BOUNDS["top_k"][1]
+    assert ranges["clipseg_decoder"]["prompts"][0] == PARAM_BOUNDS["top_k"][0]
+    for name, (shortest, longest) in ONEFORMER_EDGES.items():
+        plan = ImagePlan.from_processor(OneFormerImageProcessor(size={"shortest_edge": shortest,
+                                                                      "longest_edge": longest}))
+        for h, w in ((480, 640), (640, 480), (100, 4000), (4000, 100), (20, 20000), (20000, 20),
+                     (5000, 5000), (1, 1)):
+            rh, rw = plan.resized_size(h, w)
+            assert ranges[name]["height"][0] <= rh <= ranges[name]["height"][2], (name, h, w, rh)
+            assert ranges[name]["width"][0] <= rw <= ranges[name]["width"][2], (name, h, w, rw)
+
+
+# the CUDA major of each NGC release's image (tritonserver 24.12: CUDA 12.6.3)
+IMAGE_CUDA_MAJOR = {"24.12": 12}
+# a wheel's CUDA runtime dependency: nvidia-cuda-runtime-cu12 (CUDA 12) or nvidia-cuda-runtime ~= 13.0
+CUDA_RUNTIME = re.compile(r"^nvidia-cuda-runtime(?:-cu(\d+))?\s*(?:[=~<>!]=?\s*(\d+))?")
+
+
+def wheel_cuda_major(spec: str) -> int | None:
+    """The CUDA major a pinned wheel is built for, from its metadata on PyPI (the CUDA runtime it
+    depends on; pip's dry-run report, no download of the wheel)."""
+    import json as json_
+    import subprocess
+    import sys
+    import tempfile
+
+    platform_args = [a for p in IMAGE_PLATFORMS for a in ("--platform", p)]
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "report.json"
+        subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet", "--no-deps",
+                        "--disable-pip-version-check", "--target", tmp, "--only-binary=:all:", "--implementation", "cp",
+                        "--python-version", IMAGE_PYTHON, *platform_args, "--report", str(report), spec],
+                       check=True, capture_output=True, timeout=600)
+        metadata = json_.loads(report.read_text())["install"][0]["metadata"]
+    for requirement in metadata.get("requires_dist", []):
+        m = CUDA_RUNTIME.match(requirement)
+        if m:
+            return int(m.group(1) or m.group(2))
+    return None
+
+
+def test_every_gpu_wheel_is_built_for_the_image_cuda():
+    """onnxruntime-gpu 1.31.1 is a CUDA 13 build: in the CUDA 12.6 image its CUDA provider cannot
+    load (libcudart.so.13), while get_available_providers() still lists it. Each pinned GPU wheel
+    of the Dockerfile must name the image's CUDA major in its metadata. Needs PyPI; SSA_OFFLINE=1 skips."""
+    import os
+
+    if os.environ.get("SSA_OFFLINE") == "1":
+        pytest.skip("SSA_OFFLINE=1: PyPI not reachable here")
+    text = (ROOT / "Dockerfile").read_text()
+    release = re.search(r"^ARG TRITON_RELEASE=(\S+)$", text, re.M).group(1)
+    versions = dict(re.findall(r"^ARG (TORCH_VERSION|ORT_GPU_VERSION)=(\S+)$", text, re.M))
+    wheels = {"torch": f"torch=={versions['TORCH_VERSION']}", "onnxruntime-gpu": f"onnxruntime-gpu=={versions['ORT_GPU_VERSION']}"}
+    found = {name: wheel_cuda_major(spec) for name, spec in wheels.items()}
+    assert found == dict.fromkeys(wheels, IMAGE_CUDA_MAJOR[release]), found
+    assert wheel_cuda_major("onnxruntime-gpu==1.31.1") == 13  # the check sees the defect it was written for
+
+
+ENGINE_BUILD_CHECK = r"""
+import importlib.abc, sys
+BLOCKED = {"pycocotools", "spacy", "tritonclient", "openvino", "transformers"}
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"{name} is not in the engine-building image")
+sys.meta_path.insert(0, Block())
+import json
+from pathlib import Path
+import onnxruntime as ort
+if OLD_ORT:  # onnxruntime 1.23-1.25: no Python OrtValue.from_dlpack
+    del ort.OrtValue.from_dlpack
+from export import tensorrt
+from model_repository.generate import DEFAULT_MAX_BATCH, MAX_BATCH
+from ssa.atomic import write_bytes_atomic
+from ssa.onnx_models import ort_session, run_session
+export = Path(EXPORT)
+spec = json.loads((export / "manifest.json").read_text())["models"]["clip_image"]
+profile = tensorrt.optimization_profile("clip_image", spec["inputs"], 4, 2)
+out = run_session(ort_session(export / spec["file"]), tensorrt.example_inputs(spec["inputs"], profile))
+write_bytes_atomic(Path(OUT) / "x.plan", b"plan")
+print("ok", {k: tuple(v.shape) for k, v in out.items()})
+"""
+
+
+@pytest.mark.parametrize("old_ort", [False, True])
+def test_engine_build_runs_with_what_its_image_has(tiny_export, tmp_path, old_ort):
+    """`build_engines` installs the package with --no-deps into NGC's PyTorch image: everything up
+    to the TensorRT build (profiles, inputs, the ONNX Runtime side of the check, the atomic write)
+    imports no pycocotools, spaCy, tritonclient, OpenVINO or transformers, and works with an
+    onnxruntime whose OrtValue has no from_dlpack (it used to crash with AttributeError there)."""
+    import subprocess
+    import sys
+
+    code = f"OLD_ORT = {old_ort}\nEXPORT = {str(tiny_export)!r}\nOUT = {str(tmp_path)!r}\n" + ENGINE_BUILD_CHECK
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "ok {'image_embeds': (2," in result.stdout and (tmp_path / "x.plan").read_bytes() == b"plan"

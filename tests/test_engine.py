@@ -185,3 +185,34 @@ def test_resized_argmax_equals_the_full_resize(seed):
     one_row = torch.randn(c, 1, w, generator=g)
     assert torch.equal(resized_argmax(one_row, (5, w * 2)).long(),
                        F.interpolate(one_row[None], size=(5, w * 2), mode="bilinear", align_corners=False)[0].argmax(0))
+
+
+def test_gpu_handover_provider_device_and_cache_copies(tiny_export, monkeypatch):
+    """The GPU path's plumbing, as far as a CPU shows it: every ONNX Runtime call hands over from
+    torch's stream first (a no-op here, but the call is made with the inputs' device); the CUDA
+    provider is bound to the instance's GPU; a CPU instance stays on the CPU; cached name
+    embeddings are copies, not views of an encoder output."""
+    import torch
+
+    from ssa import device as devices
+    from ssa.onnx_models import execution_providers, ort_session, run_session
+    from ssa.text_cache import TextEmbeddingCache
+
+    seen = []
+    real = devices.handover
+    monkeypatch.setattr(devices, "handover", lambda d: (seen.append(d), real(d)))
+    session = ort_session(tiny_export / "clip_image.onnx")
+    run_session(session, {"pixel_values": torch.zeros(1, 3, 224, 224)})
+    assert seen == [torch.device("cpu")]
+    assert execution_providers("cuda", 3) == [("CUDAExecutionProvider", {"device_id": 3}), "CPUExecutionProvider"]
+    assert execution_providers("cpu") == ["CPUExecutionProvider"]
+    assert devices.instance_device(False, "1") == torch.device("cpu")
+
+    output = torch.arange(12.0).reshape(3, 4)
+    cache = TextEmbeddingCache(lambda names: {"input_ids": np.zeros((len(names), 77), np.int64),
+                                              "attention_mask": np.ones((len(names), 77), np.int64)},
+                               lambda ids, mask: output[: len(ids)])
+    got = cache(["a", "b", "c"])
+    assert torch.equal(got, output)
+    for emb in cache._cache.values():  # each its own storage: the output buffer can be freed
+        assert emb.untyped_storage().data_ptr() != output.untyped_storage().data_ptr()

@@ -21,11 +21,11 @@ from pathlib import Path
 import torch
 import triton_python_backend_utils as pb_utils
 
-from ssa.device import from_dlpack
+from ssa.device import from_dlpack, instance_device
 from ssa.graph_models import BlipCaptioner
 
 
-def text_graphs(folder: Path, params: dict[str, str]):
+def text_graphs(folder: Path, params: dict[str, str], device_id: int = 0):
     """(prefill, step) tensor functions on the runtime the config names."""
     threads = int(params.get("intra_op_threads", "2"))
     names = ("blip_text_prefill", "blip_text_step")
@@ -38,7 +38,7 @@ def text_graphs(folder: Path, params: dict[str, str]):
     from ssa.onnx_models import ort_session, session_function
 
     provider = params.get("execution_provider", "cpu")  # "cuda" in the gpu target
-    return tuple(session_function(ort_session(folder / f"{n}.onnx", threads, provider)) for n in names)
+    return tuple(session_function(ort_session(folder / f"{n}.onnx", threads, provider, device_id)) for n in names)
 
 
 class TritonPythonModel:
@@ -46,12 +46,17 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         folder = Path(args["model_repository"]) / args["model_version"]
+        # this instance's GPU (multi-GPU nodes), made current; the provider bound to the same GPU
+        self.device = instance_device(params.get("execution_provider", "cpu") == "cuda",
+                                      args.get("model_instance_device_id", 0))
         self.captioner = BlipCaptioner(
-            *text_graphs(folder, params), int(params["bos_token_id"]), int(params["eos_token_id"]), int(params["pad_token_id"]), int(params["layers"]))
+            *text_graphs(folder, params, self.device.index or 0), int(params["bos_token_id"]), int(params["eos_token_id"]), int(params["pad_token_id"]), int(params["layers"]))
         self.default_max_length = int(params.get("max_length", "20"))
 
     def caption(self, request) -> torch.Tensor:
-        embeds = from_dlpack(pb_utils.get_input_tensor_by_name(request, "image_embeds"))
+        # a request's tensors may come on another GPU than this instance's (python_backend: input
+        # tensor device placement): they move to the instance's device first
+        embeds = from_dlpack(pb_utils.get_input_tensor_by_name(request, "image_embeds")).to(self.device)
         limit = pb_utils.get_input_tensor_by_name(request, "max_length")
         length = int(from_dlpack(limit).reshape(-1)[0]) if limit is not None else self.default_max_length
         out = self.captioner(embeds, length)
