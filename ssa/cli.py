@@ -99,9 +99,14 @@ def profile_dir(args: argparse.Namespace) -> Path:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from ssa.profiles import ALL_ROLES, build_profile
+    from ssa.profiles import ALL_ROLES, build_profile, download_snapshots
 
     roles = tuple(args.roles.split(",")) if args.roles else ALL_ROLES
+    if args.download:
+        download_snapshots(args.profile, args.download, roles)
+        print(f"checkpoints of {args.profile} in {args.download}; offline: ssa models --profile {args.profile} "
+              f"--snapshot_dir {args.download}")
+        return 0
     build_profile(args.profile, args.models_dir / args.profile, snapshot_dir=args.snapshot_dir, roles=roles,
                   seed=args.seed)
     print(f"profile {args.profile} written to {args.models_dir / args.profile}")
@@ -220,6 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_profile(p)
     p.add_argument("--roles", default="", help="comma-separated subset of roles to build (default: all)")
     p.add_argument("--seed", type=int, default=0, help="seed of random profiles (default %(default)s)")
+    p.add_argument("--download", type=Path, default=None, metavar="DIR",
+                   help="light/full, on a machine with internet: fetch every checkpoint of the profile and "
+                        "OneFormer's class-info files into DIR, in the layout --snapshot_dir reads (then build "
+                        "offline, HF_HUB_OFFLINE=1, with --snapshot_dir DIR)")
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("examples", help="build the SA-1B-style example set from scikit-image's photographs",

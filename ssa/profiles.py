@@ -253,11 +253,69 @@ def load_role_model(source: str | Path, role: str):
     return model_class(role).from_pretrained(source).eval()
 
 
-def _download_role(role: str, source: str):
-    """(model, processor) of a real checkpoint: a hub id, or a local snapshot folder."""
+# what a checkpoint folder needs beyond its weights (the files transformers reads to build it)
+SNAPSHOT_FILES = ("*.json", "*.safetensors", "*.txt", "*.model")
+
+
+def class_info_path(snapshot_dir: Path, checkpoint: Path) -> tuple[Path | None, str | None]:
+    """(local folder, file name) of a OneFormer checkpoint's class-info file in a snapshot folder:
+    its `preprocessor_config.json` names `class_info_file` in the dataset repository `repo_path`
+    (shi-labs/oneformer_demo), which `--download` stores under `<snapshot_dir>/datasets/<repo_path>`.
+    (None, None) for a checkpoint that names none."""
+    config_path = checkpoint / "preprocessor_config.json"
+    if not config_path.is_file():
+        return None, None
+    config = json.loads(config_path.read_text())
+    name = config.get("class_info_file")
+    if not name:
+        return None, None
+    return snapshot_dir / "datasets" / config.get("repo_path", "shi-labs/oneformer_demo"), name
+
+
+def _download_role(role: str, source: str, snapshot_dir: Path | None = None):
+    """(model, processor) of a real checkpoint: a hub id, or a local snapshot folder. OneFormer's
+    processor reads its class-info file from the snapshot folder (never the hub) when it is local."""
     from transformers import AutoProcessor
 
-    return load_role_model(source, role), AutoProcessor.from_pretrained(source)
+    kwargs = {}
+    if snapshot_dir is not None and role in DATASET_OF and Path(source).is_dir():
+        folder, name = class_info_path(snapshot_dir, Path(source))
+        if name is not None:
+            if not (folder / name).is_file():
+                raise FileNotFoundError(f"{source}: its processor needs the class-info file {name} of the dataset "
+                                        f"repository, expected at {folder / name}; fetch it with `ssa models "
+                                        f"--profile P --download {snapshot_dir}` on a machine with internet")
+            kwargs["repo_path"] = str(folder)  # a local folder: OneFormer's processor opens the file there
+    return load_role_model(source, role), AutoProcessor.from_pretrained(source, **kwargs)
+
+
+def download_snapshots(profile: str, snapshot_dir: str | Path, roles: tuple[str, ...] = ALL_ROLES,
+                       log: Callable[[str], None] = print) -> Path:
+    """Every checkpoint a real profile needs, and OneFormer's class-info files, from the hub into
+    `snapshot_dir` in the layout `build_profile(snapshot_dir=...)` reads: `<dir>/<hub id>/` per
+    model, `<dir>/datasets/<repo_path>/<class_info_file>` per class-info file."""
+    from huggingface_hub import hf_hub_download, snapshot_download
+
+    if profile not in ("light", "full"):
+        raise ValueError(f"--download is for the real profiles (light, full), not {profile!r}")
+    snapshot_dir = Path(snapshot_dir)
+    for role in roles:
+        hub_id = HUB_IDS[profile][role]
+        local = snapshot_dir / hub_id
+        snapshot_download(hub_id, local_dir=local, allow_patterns=list(SNAPSHOT_FILES))
+        log(f"[{profile}] {role}: {hub_id} -> {local}")
+        folder, name = class_info_path(snapshot_dir, local)
+        if name is not None:
+            repo = str(folder.relative_to(snapshot_dir / "datasets"))
+            hf_hub_download(repo, name, repo_type="dataset", local_dir=folder)
+            log(f"[{profile}] {role}: class info {repo}/{name} -> {folder / name}")
+    return snapshot_dir
+
+
+def _offline() -> bool:
+    import os
+
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
 
 
 def build_profile(profile: str, out_dir: str | Path, snapshot_dir: str | Path | None = None,
@@ -285,8 +343,11 @@ def build_profile(profile: str, out_dir: str | Path, snapshot_dir: str | Path | 
         else:
             hub_id = HUB_IDS[profile][role]
             local = Path(snapshot_dir) / hub_id if snapshot_dir else None
+            if local is not None and not local.is_dir() and _offline():
+                raise FileNotFoundError(f"{snapshot_dir}: no {hub_id} for the {role} role (offline: HF_HUB_OFFLINE=1); "
+                                        f"fetch it with `ssa models --profile {profile} --download {snapshot_dir}`")
             source = str(local) if local is not None and local.is_dir() else hub_id
-            model, processor = _download_role(role, source)
+            model, processor = _download_role(role, source, Path(snapshot_dir) if snapshot_dir else None)
             sources[role] = source
         tmp = out_dir / f".{role}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)

@@ -49,3 +49,60 @@ def test_bench_model_builds_offline_at_real_size(role):
     low, high = BENCH_PARAMS[role]
     assert low <= millions <= high, f"{role}: {millions:.1f}M parameters"
     assert processor is not None
+
+
+def hub_snapshot(tiny_profile, root, role: str = "oneformer_coco"):
+    """A checkpoint folder laid out as the hub's (`<root>/<hub id>/`): the tiny role's weights and
+    tokenizer, and a `preprocessor_config.json` with the fields the published OneFormer checkpoints
+    carry (`class_info_file` in the dataset repository `repo_path`, processor class, sizing,
+    sequence lengths; reconstructed from transformers' OneFormerImageProcessor and
+    OneFormerProcessor arguments) instead of the combined processor_config.json save_pretrained
+    writes."""
+    import shutil
+
+    folder = root / HUB_IDS["light"][role]
+    shutil.copytree(tiny_profile / role, folder)
+    combined = json.loads((folder / "processor_config.json").read_text())
+    (folder / "processor_config.json").unlink()
+    config = {**combined["image_processor"], "class_info_file": "coco_panoptic.json",
+              "repo_path": "shi-labs/oneformer_demo", "processor_class": "OneFormerProcessor",
+              "max_seq_length": 77, "task_seq_length": 77}
+    (folder / "preprocessor_config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_real_checkpoint_builds_offline_with_its_class_info_file(tiny_profile, tmp_path, monkeypatch):
+    """Offline (HF_HUB_OFFLINE=1), a OneFormer checkpoint whose processor names a class-info file:
+    without the file in the snapshot folder the build stops and names the path and --download;
+    with it (where --download puts it) the profile builds, the processor reads the file there, and
+    the pixel plan follows the image processor AutoProcessor picked (no torchvision here)."""
+    from ssa.labels import raw_class_names
+    from ssa.pixels import ImagePlan
+    from ssa.preprocess import Processors
+    from ssa.profiles import build_profile
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    snapshot = tmp_path / "snapshots"
+    hub_snapshot(tiny_profile, snapshot)
+    with pytest.raises(FileNotFoundError, match="coco_panoptic.json.*--download"):
+        build_profile("light", tmp_path / "light", snapshot_dir=snapshot, roles=("oneformer_coco",), log=lambda m: None)
+    names = raw_class_names("coco")
+    info = {str(i): {"name": n, "isthing": int(i < 80)} for i, n in enumerate(names)}
+    classes = snapshot / "datasets" / "shi-labs" / "oneformer_demo"
+    classes.mkdir(parents=True)
+    (classes / "coco_panoptic.json").write_text(json.dumps(info))
+    out = build_profile("light", tmp_path / "light", snapshot_dir=snapshot, roles=("oneformer_coco",),
+                        log=lambda m: None)
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(out / "oneformer_coco")
+    image_processor = processor.image_processor
+    assert image_processor.metadata["class_names"] == list(names) and image_processor.metadata["thing_ids"] == list(range(80))
+    picked = type(image_processor).__name__
+    assert picked.startswith("OneFormerImageProcessor"), picked
+    tiny = Processors.load(tiny_profile).plans["oneformer_coco"]
+    assert ImagePlan.from_processor(image_processor) == tiny  # the device plan follows the class picked
+    missing = tmp_path / "empty"
+    missing.mkdir()
+    with pytest.raises(FileNotFoundError, match="no shi-labs/oneformer_coco_swin_large"):
+        build_profile("light", tmp_path / "light2", snapshot_dir=missing, roles=("oneformer_coco",), log=lambda m: None)
