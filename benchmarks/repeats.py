@@ -49,7 +49,7 @@ def sa1b_boxes(data_dir: Path) -> list[tuple[str, tuple[int, int], list]]:
     return out
 
 
-def sam_boxes(profile_dir: Path, data_dir: Path) -> list[tuple[str, tuple[int, int], list]]:
+def sam_boxes(profile_dir: Path, data_dir: Path, images: int | None = None) -> list[tuple[str, tuple[int, int], list]]:
     """SAM's automatic masks of each photo of `data_dir` (the profile's SAM, PyTorch, CPU)."""
     from ssa.images import load_image
     from ssa.sam import generate_masks
@@ -57,7 +57,7 @@ def sam_boxes(profile_dir: Path, data_dir: Path) -> list[tuple[str, tuple[int, i
 
     models = torch_sam(profile_dir)
     out = []
-    for path in sorted(p for p in data_dir.iterdir() if p.suffix in (".jpg", ".png")):
+    for path in sorted(p for p in data_dir.iterdir() if p.suffix in (".jpg", ".png"))[:images]:
         image = load_image(path)
         out.append((path.stem, image.shape[:2], [a["bbox"] for a in generate_masks(image, models)]))
     return out
@@ -84,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="folders of images + SA-1B JSON (default: the example set, built if missing)")
     p.add_argument("--sam_profile", default="tiny",
                    help="profile whose SAM makes masks of the example photos ('' to skip; default %(default)s)")
+    p.add_argument("--sam_images", type=int, default=None, help="photos SAM makes masks of (default: all)")
     p.add_argument("--models_dir", type=Path, default=Path("artifacts/models"))
     p.add_argument("--threshold", type=float, default=0.05)
     p.add_argument("--out", type=Path, default=Path("artifacts/bench/repeats"))
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             build_profile(args.sam_profile, profile_dir)
         print(f"SAM ({args.sam_profile}) on the photos of {folders[0]} ...", file=sys.stderr)
         sources[f"SAM ({args.sam_profile} profile) on the photos of {folders[0]}"] = count(
-            sam_boxes(profile_dir, folders[0]))
+            sam_boxes(profile_dir, folders[0], args.sam_images))
     result = {"threshold": args.threshold, "sources": sources}
     (args.out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     table = markdown(result)

@@ -166,10 +166,10 @@ def test_repeated_crops_are_counted(example_dir, tiny_profile, tmp_path, capsys)
     # boxes that differ but clamp to the same crop (the whole image) repeat too
     assert repeated_crops([[0, 0, 119, 99], [1, 1, 118, 98]], size) == dict.fromkeys(MODELS, 1)
     assert main(["--data", str(example_dir), "--sam_profile", "tiny", "--models_dir", str(tiny_profile.parent),
-                 "--out", str(tmp_path)]) == 0
+                 "--sam_images", "2", "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "result.json").read_text())
     sources = list(result["sources"].values())
-    assert len(sources) == 2 and sources[0]["crops"] == 60 and sources[1]["images"] == 6
+    assert len(sources) == 2 and sources[0]["crops"] == 60 and sources[1]["images"] == 2
     assert "threshold" in (tmp_path / "table.md").read_text() and "repeated" in capsys.readouterr().out
 
 
