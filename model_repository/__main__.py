@@ -27,10 +27,11 @@ def main(argv: list[str] | None = None) -> int:
                         "matrix units), onnxruntime (Python models on ONNX Runtime, fp32), openvino_native "
                         "(Triton's own openvino backend, as in NGC CPU images; not in the embedded server)")
     g.add_argument("--precision", default=None, metavar="SPEC",
-                   help="cpu target: fp32, bf16, or a default then per-graph exceptions, e.g. "
-                        f"'bf16,oneformer_coco=fp32' (default: {DEFAULT_PRECISION} on OpenVINO, fp32 on ONNX Runtime). "
-                        "fp32 gives labels identical to the reference; bf16 on a CPU without bf16 units runs fp32 "
-                        "and says so. What ran is recorded in every output's provenance")
+                   help="cpu target: fp32, bf16 (OpenVINO: bf16 on the CPU's matrix units, the text encoders "
+                        "and CLIPSeg's decoder fp32), or a default then per-graph exceptions as written, e.g. "
+                        f"'bf16,oneformer_coco=fp32' (default: {DEFAULT_PRECISION}). fp32 gives labels identical "
+                        "to the reference; bf16 on a CPU without bf16 units runs fp32 and says so. What ran is "
+                        "recorded in every output's provenance")
     g.add_argument("--engine_instances", type=int, default=0,
                    help="ssa_engine instances (default 0: 1 on the cpu target, 2 on the gpu target, so one "
                         "image's host work overlaps another's models)")

@@ -64,12 +64,12 @@ def reference_labels(tiny_profile, example_dir) -> dict:
 @pytest.fixture(scope="session")
 def repositories(tiny_profile, tiny_export, tmp_path_factory) -> dict:
     """The tiny profile's generated model repositories: cpu (OpenVINO fp32, labels identical to the
-    reference's), cpu_bf16 (OpenVINO at the default precision: bf16 on this CPU's matrix units) and gpu."""
+    reference's), cpu_bf16 (OpenVINO bf16 on this CPU's matrix units, the text encoders and CLIPSeg's decoder fp32) and gpu."""
     from model_repository.generate import generate_repository
 
     root = tmp_path_factory.mktemp("repository")
     return {"cpu": generate_repository(tiny_export, tiny_profile, root / "cpu", "cpu", precision="fp32"),
-            "cpu_bf16": generate_repository(tiny_export, tiny_profile, root / "cpu_bf16", "cpu"),
+            "cpu_bf16": generate_repository(tiny_export, tiny_profile, root / "cpu_bf16", "cpu", precision="bf16"),
             "gpu": generate_repository(tiny_export, tiny_profile, root / "gpu", "gpu")}
 
 

@@ -100,7 +100,11 @@ def test_precision_specs_and_what_each_backend_refuses(tiny_export):
         precision_plan("openvino_native", "bf16,clip_text=fp32", names)
     with pytest.raises(ValueError, match="runs on ONNX Runtime"):
         precision_plan("openvino", "fp32,sam_decoder=bf16", ["sam_decoder", "clip_text"])
-    assert precision_plan("openvino", "bf16", ["sam_decoder", "clip_text"]) == {"sam_decoder": "fp32", "clip_text": "bf16"}
+    # "bf16": the preset (text encoders and CLIPSeg's decoder fp32); a spec as written forces them
+    assert precision_plan("openvino", "bf16", ["sam_decoder", "clip_text", "clip_image"]) == {
+        "sam_decoder": "fp32", "clip_text": "fp32", "clip_image": "bf16"}
+    assert precision_plan("openvino", "bf16,clip_text=bf16", ["clip_text"]) == {"clip_text": "bf16"}
+    assert precision_plan("openvino", None, ["clip_image"]) == {"clip_image": "fp32"}  # the default
     with pytest.raises(ValueError, match="unknown backend"):
         precision_plan("tensorflow", None, names)
 
@@ -139,7 +143,7 @@ def test_native_openvino_config(tiny_profile, tiny_export, tmp_path):
 
 
 def test_bf16_server_agrees_on_every_clear_decision(repositories, example_dir, reference_labels, tmp_path):
-    """OpenVINO at the default precision (bf16 on this CPU's matrix units, SAM's decoder fp32), through
+    """OpenVINO's bf16 preset (bf16 on this CPU's matrix units; text encoders, CLIPSeg's and SAM's decoders fp32), through
     the embedded tritonserver and the batch runner: every label whose reference decisions are all
     clear of a near-tie equals the reference's; the outputs say what ran."""
     from client.engine_client import annotate
@@ -168,6 +172,7 @@ def test_bf16_server_agrees_on_every_clear_decision(repositories, example_dir, r
     runtime = doc["ssa"]["runtime"]
     assert (runtime["target"], runtime["backend"]) == ("cpu", "openvino")
     assert runtime["precision"]["oneformer_coco"] == "bf16" and runtime["precision"]["sam_decoder"] == "fp32"
+    assert runtime["precision"]["clip_text"] == runtime["precision"]["clipseg_decoder"] == "fp32"
     for stem, labels in engine.items():  # the runner wrote what the server answered
         doc = json.loads((tmp_path / "out" / f"{stem}_semantic.json").read_text())
         assert [a["class_name"] for a in doc["annotations"]] == [lab.class_name for lab in labels]
