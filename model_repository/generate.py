@@ -144,8 +144,9 @@ def precision_plan(backend: str, precision: str | None, names: list[str]) -> dic
         raise ValueError(f"unknown backend {backend!r}; backends are {', '.join(BACKENDS)}")
     if precision is None:  # the native backend takes bf16 only (below)
         precision = {"onnxruntime": "fp32", "openvino_native": "bf16"}.get(backend, DEFAULT_PRECISION)
-    if backend == "openvino" and precision.strip() in PRESETS:
-        precision = PRESETS[precision.strip()]
+    if backend == "openvino" and precision.strip() in PRESETS:  # its exceptions for the graphs there are
+        precision = ",".join(p for p in PRESETS[precision.strip()].split(",") if p.partition("=")[0] in ("", *names)
+                             or "=" not in p)
     plan = parse_precisions(precision, names)
     if backend == "onnxruntime" and set(plan.values()) != {"fp32"}:
         raise ValueError(f"precision {precision!r}: the onnxruntime backend runs fp32 only; use --backend openvino for bf16")
