@@ -181,16 +181,9 @@ def device_peaks(device) -> dict[str, float]:
 
 
 def with_efficiency(run: dict, flops: dict, peak: float) -> dict:
-    from ssa.flops import MODEL_STAGES
+    from benchmarks.run import efficiency
 
-    eff = {}
-    for stage in (*MODEL_STAGES, "models"):
-        stages = MODEL_STAGES if stage == "models" else (stage,)
-        f = sum(flops[s] for s in stages)
-        t = sum(run["stage_seconds_per_image"][s] for s in stages)
-        eff[stage] = {"flops": f, "seconds": t, "flop_per_s": f / t if t else None,
-                      "share_of_peak": f / t / peak if t else None}
-    return {**run, "efficiency": eff, "peak_flop_per_s": peak}
+    return {**run, "efficiency": efficiency(flops, run["stage_seconds_per_image"], peak), "peak_flop_per_s": peak}
 
 
 def summarise(run: dict, n_images: int, n_masks: int) -> dict:
