@@ -153,12 +153,16 @@ class ImagePlan:
 
         s = self.resize
         if s.get("shortest_edge") and s.get("longest_edge"):
-            return get_size_with_aspect_ratio((height, width), s["shortest_edge"], s["longest_edge"])
-        if s.get("shortest_edge"):
+            size = get_size_with_aspect_ratio((height, width), s["shortest_edge"], s["longest_edge"])
+        elif s.get("shortest_edge"):
             shape = np.broadcast_to(np.uint8(0), (3, height, width))  # sizes only: no pixels allocated
-            return get_resize_output_image_size(shape, size=s["shortest_edge"], default_to_square=False,
+            size = get_resize_output_image_size(shape, size=s["shortest_edge"], default_to_square=False,
                                                 input_data_format="channels_first")
-        return s["height"], s["width"]
+        else:
+            return s["height"], s["width"]
+        # a strip thinner than 1 : longest / shortest (1 x 9000 for OneFormer COCO's 800 / 1333) would
+        # be sized to 0 rows by the processor, which then fails; it keeps one row instead
+        return max(1, int(size[0])), max(1, int(size[1]))
 
     def pixels(self, image: torch.Tensor, kernel: str = "auto") -> torch.Tensor:
         """(3, h', w') float32 model input from one (h, w, 3) uint8 image tensor, on its device."""

@@ -313,7 +313,7 @@ def test_tensorrt_profiles_follow_the_parameter_bounds_and_the_processors():
         plan = ImagePlan.from_processor(OneFormerImageProcessor(size={"shortest_edge": shortest,
                                                                       "longest_edge": longest}))
         for h, w in ((480, 640), (640, 480), (100, 4000), (4000, 100), (20, 20000), (20000, 20),
-                     (5000, 5000), (1, 1)):
+                     (5000, 5000), (1, 1), (1, 9000), (9000, 1), (2, 40000)):
             rh, rw = plan.resized_size(h, w)
             assert ranges[name]["height"][0] <= rh <= ranges[name]["height"][2], (name, h, w, rh)
             assert ranges[name]["width"][0] <= rw <= ranges[name]["width"][2], (name, h, w, rw)

@@ -13,6 +13,7 @@ from ssa.device import TRANSFERS
 from ssa.engine import annotate_image
 from ssa.preprocess import Processors
 from ssa.runner import load_item
+from ssa.sa1b import MaskSet
 
 # what may cross between host and device memory: the inputs, token ids, names' tokens, embeddings
 # and votes; never pixels, activations, logits or a key/value cache
@@ -134,6 +135,24 @@ def test_noun_phrases_batched_without_unneeded_components_equal_the_full_pipelin
     expected = [[c.text for c in full(text).noun_chunks] for text in captions]
     assert noun_phrases_batch(captions, lean) == expected
     assert expected[0] == ["a man", "a red bike", "a street"]
+
+
+@pytest.mark.parametrize("size", [(1, 900), (900, 1), (3, 2000), (1, 1)])
+def test_strips_and_single_pixels_are_labelled(models, processors, nlp, size):
+    """An image far thinner than OneFormer's longest / shortest edge ratio (which its processor
+    would size to 0 rows) and a one-pixel image are labelled like any other: one label a mask."""
+    h, w = size
+    rng = np.random.default_rng(h * 7 + w)
+    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    mask = np.zeros((h, w), dtype=bool)
+    mask[: max(1, h // 2 + 1), : max(1, w // 2 + 1)] = True
+    ys, xs = np.nonzero(mask)
+    bbox = [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
+    masks = MaskSet.from_masks([mask, np.ones((h, w), dtype=bool)], [bbox, [0, 0, w, h]])
+    got = annotate_image(image, masks, models, processors, nlp=nlp)
+    assert len(got) == 2
+    for label in got:
+        assert label.class_name and label.class_name in label.class_proposals
 
 
 @pytest.mark.parametrize("batch_size", [1, 3])
