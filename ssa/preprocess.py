@@ -41,14 +41,14 @@ class Processors:
 
     @classmethod
     def load(cls, profile_dir: str | Path) -> Processors:
-        from transformers import AutoProcessor
+        from ssa.profiles import load_processor
 
         d = Path(profile_dir)
         return cls(
-            oneformer={ds: AutoProcessor.from_pretrained(d / f"oneformer_{ds}") for ds in ("coco", "ade20k")},
-            blip=AutoProcessor.from_pretrained(d / "blip"),
-            clip=AutoProcessor.from_pretrained(d / "clip"),
-            clipseg=AutoProcessor.from_pretrained(d / "clipseg"),
+            oneformer={ds: load_processor(d / f"oneformer_{ds}") for ds in ("coco", "ade20k")},
+            blip=load_processor(d / "blip"),
+            clip=load_processor(d / "clip"),
+            clipseg=load_processor(d / "clipseg"),
         )
 
     def task_inputs(self, dataset: str, device: torch.device) -> torch.Tensor:

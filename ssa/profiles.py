@@ -262,10 +262,7 @@ def class_info_path(snapshot_dir: Path, checkpoint: Path) -> tuple[Path | None, 
     its `preprocessor_config.json` names `class_info_file` in the dataset repository `repo_path`
     (shi-labs/oneformer_demo), which `--download` stores under `<snapshot_dir>/datasets/<repo_path>`.
     (None, None) for a checkpoint that names none."""
-    config_path = checkpoint / "preprocessor_config.json"
-    if not config_path.is_file():
-        return None, None
-    config = json.loads(config_path.read_text())
+    config = _image_processor_config(checkpoint)
     name = config.get("class_info_file")
     if not name:
         return None, None
@@ -287,6 +284,42 @@ def _download_role(role: str, source: str, snapshot_dir: Path | None = None):
                                         f"--profile P --download {snapshot_dir}` on a machine with internet")
             kwargs["repo_path"] = str(folder)  # a local folder: OneFormer's processor opens the file there
     return load_role_model(source, role), AutoProcessor.from_pretrained(source, **kwargs)
+
+
+def _keep_class_info(processor, folder: Path) -> None:
+    """A OneFormer processor that read a class-info file from a local folder: the file is copied
+    next to the saved processor, which `load_processor` reads it from, so a profile folder moved
+    to another node (or the snapshot folder deleted) still loads."""
+    image_processor = getattr(processor, "image_processor", None)
+    repo_path, name = getattr(image_processor, "repo_path", None), getattr(image_processor, "class_info_file", None)
+    if repo_path and name and (Path(repo_path) / name).is_file():
+        shutil.copyfile(Path(repo_path) / name, folder / name)
+
+
+def load_processor(role_dir: str | Path):
+    """A saved role's processor (AutoProcessor). OneFormer's reads its class-info file from the
+    role folder when the file is there (`_keep_class_info`), never from where it was first read
+    nor from the hub."""
+    from transformers import AutoProcessor
+
+    role_dir = Path(role_dir)
+    kwargs = {}
+    name = _image_processor_config(role_dir).get("class_info_file")
+    if name and (role_dir / name).is_file():
+        kwargs["repo_path"] = str(role_dir)
+    return AutoProcessor.from_pretrained(role_dir, **kwargs)
+
+
+def _image_processor_config(role_dir: Path) -> dict[str, Any]:
+    """The image processor's saved settings: inside processor_config.json (transformers 5) or in
+    preprocessor_config.json (the hub checkpoints' layout); {} when neither is there."""
+    if (role_dir / "processor_config.json").is_file():
+        config = json.loads((role_dir / "processor_config.json").read_text())
+        if isinstance(config.get("image_processor"), dict):
+            return config["image_processor"]
+    if (role_dir / "preprocessor_config.json").is_file():
+        return json.loads((role_dir / "preprocessor_config.json").read_text())
+    return {}
 
 
 def download_snapshots(profile: str, snapshot_dir: str | Path, roles: tuple[str, ...] = ALL_ROLES,
@@ -353,6 +386,7 @@ def build_profile(profile: str, out_dir: str | Path, snapshot_dir: str | Path | 
         shutil.rmtree(tmp, ignore_errors=True)
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
+        _keep_class_info(processor, tmp)
         shutil.rmtree(out_dir / role, ignore_errors=True)
         tmp.rename(out_dir / role)
         params = sum(p.numel() for p in model.parameters())

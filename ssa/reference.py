@@ -20,7 +20,7 @@ from ssa.labels import class_names
 from ssa.nouns import load_spacy, noun_phrases
 from ssa.params import EngineParams, MaskLabel
 from ssa.preprocess import CHANNELS_LAST
-from ssa.profiles import ROLES, load_role_model
+from ssa.profiles import ROLES, load_processor, load_role_model
 from ssa.sa1b import MaskSet
 from ssa.timing import NO_TIMER
 from ssa.vocabulary import Vocabulary, class_embeddings, mask_candidates
@@ -38,15 +38,13 @@ class TorchModels:
 
     @classmethod
     def load(cls, profile_dir: str | Path, device: str = "cpu") -> TorchModels:
-        from transformers import AutoProcessor
-
         d = Path(profile_dir)
         if not (d / "profile.json").is_file():
             raise FileNotFoundError(f"{d} is not a profile directory (no profile.json); build it with `ssa models`")
         models, processors = {}, {}
         for role in ROLES:
             models[role] = load_role_model(d / role, role).to(device)
-            processors[role] = AutoProcessor.from_pretrained(d / role)
+            processors[role] = load_processor(d / role)
         return cls(json.loads((d / "profile.json").read_text()), models, processors, device)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -102,6 +103,15 @@ def test_real_checkpoint_builds_offline_with_its_class_info_file(tiny_profile, t
     assert picked.startswith("OneFormerImageProcessor"), picked
     tiny = Processors.load(tiny_profile).plans["oneformer_coco"]
     assert ImagePlan.from_processor(image_processor) == tiny  # the device plan follows the class picked
+    # the profile stands on its own: moved elsewhere, with the snapshot folder gone, it still loads
+    # its class names (from the copy next to the processor, not the hub: offline here)
+    moved = tmp_path / "elsewhere" / "oneformer_coco"
+    moved.parent.mkdir()
+    shutil.move(out / "oneformer_coco", moved)
+    shutil.rmtree(snapshot)
+    from ssa.profiles import load_processor
+
+    assert load_processor(moved).image_processor.metadata["class_names"] == list(names)
     missing = tmp_path / "empty"
     missing.mkdir()
     with pytest.raises(FileNotFoundError, match="no shi-labs/oneformer_coco_swin_large"):
