@@ -9,6 +9,7 @@ import pytest
 
 from ssa.profiles import ALL_ROLES, HUB_IDS, build_random_role
 from ssa.tokenizers_offline import build_blip_tokenizer, build_clip_tokenizer
+from tests.conftest import HUB_PREPROCESSOR, hub_snapshot, write_class_info
 
 
 def test_clip_tokenizer_is_the_real_one():
@@ -52,26 +53,6 @@ def test_bench_model_builds_offline_at_real_size(role):
     assert processor is not None
 
 
-def hub_snapshot(tiny_profile, root, role: str = "oneformer_coco"):
-    """A checkpoint folder laid out as the hub's (`<root>/<hub id>/`): the tiny role's weights and
-    tokenizer, and a `preprocessor_config.json` with the fields the published OneFormer checkpoints
-    carry (`class_info_file` in the dataset repository `repo_path`, processor class, sizing,
-    sequence lengths; reconstructed from transformers' OneFormerImageProcessor and
-    OneFormerProcessor arguments) instead of the combined processor_config.json save_pretrained
-    writes."""
-    import shutil
-
-    folder = root / HUB_IDS["light"][role]
-    shutil.copytree(tiny_profile / role, folder)
-    combined = json.loads((folder / "processor_config.json").read_text())
-    (folder / "processor_config.json").unlink()
-    config = {**combined["image_processor"], "class_info_file": "coco_panoptic.json",
-              "repo_path": "shi-labs/oneformer_demo", "processor_class": "OneFormerProcessor",
-              "max_seq_length": 77, "task_seq_length": 77}
-    (folder / "preprocessor_config.json").write_text(json.dumps(config))
-    return folder
-
-
 def test_real_checkpoint_builds_offline_with_its_class_info_file(tiny_profile, tmp_path, monkeypatch):
     """Offline (HF_HUB_OFFLINE=1), a OneFormer checkpoint whose processor names a class-info file:
     without the file in the snapshot folder the build stops and names the path and --download;
@@ -79,19 +60,15 @@ def test_real_checkpoint_builds_offline_with_its_class_info_file(tiny_profile, t
     the pixel plan follows the image processor AutoProcessor picked (no torchvision here)."""
     from ssa.labels import raw_class_names
     from ssa.pixels import ImagePlan
-    from ssa.preprocess import Processors
     from ssa.profiles import build_profile
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     snapshot = tmp_path / "snapshots"
-    hub_snapshot(tiny_profile, snapshot)
+    hub_snapshot(tiny_profile, snapshot, roles=("oneformer_coco",), class_info=False)
     with pytest.raises(FileNotFoundError, match="coco_panoptic.json.*--download"):
         build_profile("light", tmp_path / "light", snapshot_dir=snapshot, roles=("oneformer_coco",), log=lambda m: None)
     names = raw_class_names("coco")
-    info = {str(i): {"name": n, "isthing": int(i < 80)} for i, n in enumerate(names)}
-    classes = snapshot / "datasets" / "shi-labs" / "oneformer_demo"
-    classes.mkdir(parents=True)
-    (classes / "coco_panoptic.json").write_text(json.dumps(info))
+    write_class_info(snapshot, "coco_panoptic.json")
     out = build_profile("light", tmp_path / "light", snapshot_dir=snapshot, roles=("oneformer_coco",),
                         log=lambda m: None)
     from transformers import AutoProcessor
@@ -101,8 +78,10 @@ def test_real_checkpoint_builds_offline_with_its_class_info_file(tiny_profile, t
     assert image_processor.metadata["class_names"] == list(names) and image_processor.metadata["thing_ids"] == list(range(80))
     picked = type(image_processor).__name__
     assert picked.startswith("OneFormerImageProcessor"), picked
-    tiny = Processors.load(tiny_profile).plans["oneformer_coco"]
-    assert ImagePlan.from_processor(image_processor) == tiny  # the device plan follows the class picked
+    published = HUB_PREPROCESSOR["oneformer_coco"]
+    plan = ImagePlan.from_processor(image_processor)  # the device plan follows the class picked
+    assert (plan.resize, plan.resample, plan.mean, plan.std) == (
+        published["size"], published["resample"], tuple(published["image_mean"]), tuple(published["image_std"]))
     # the profile stands on its own: moved elsewhere, with the snapshot folder gone, it still loads
     # its class names (from the copy next to the processor, not the hub: offline here)
     moved = tmp_path / "elsewhere" / "oneformer_coco"
@@ -116,3 +95,36 @@ def test_real_checkpoint_builds_offline_with_its_class_info_file(tiny_profile, t
     missing.mkdir()
     with pytest.raises(FileNotFoundError, match="no shi-labs/oneformer_coco_swin_large"):
         build_profile("light", tmp_path / "light2", snapshot_dir=missing, roles=("oneformer_coco",), log=lambda m: None)
+
+
+# the image processor AutoProcessor picks for each published checkpoint's configuration with no
+# torchvision installed (transformers 5 prefers the torchvision-backed classes where it can import them)
+PICKED = {"oneformer_coco": "OneFormerImageProcessorPil", "oneformer_ade20k": "OneFormerImageProcessorPil",
+          "blip": "BlipImageProcessorPil", "clip": "CLIPImageProcessorPil", "clipseg": "ViTImageProcessorPil",
+          "sam": "SamImageProcessorPil"}
+
+
+def test_light_profile_from_published_configs_loads_as_they_are_read(light_profile):
+    """The light profile built offline from the published configuration files: each role's
+    processor is the class AutoProcessor picks for them, with the published sizing (CLIP's integer
+    size and crop as shortest edge and square crop, CLIPSeg's and BLIP's as squares), OneFormer's
+    class names from its class-info file, and BLIP's caption ending at sep (not the config's eos)."""
+    from ssa.graph_models import model_metadata
+    from ssa.labels import raw_class_names
+    from ssa.preprocess import Processors
+    from ssa.profiles import load_processor, load_role_model
+
+    picked = {role: type(load_processor(light_profile / role).image_processor).__name__ for role in ALL_ROLES}
+    assert picked == PICKED
+    processors = Processors.load(light_profile)
+    plans = processors.plans
+    assert plans["clip"].resize == {"shortest_edge": 224} and plans["clip"].crop == (224, 224)
+    assert plans["blip"].resize == {"height": 384, "width": 384} and plans["blip"].resample == 3
+    assert plans["oneformer_coco"].resize == {"longest_edge": 1333, "shortest_edge": 800}
+    assert plans["oneformer_ade20k"].resize == {"longest_edge": 2048, "shortest_edge": 512}
+    assert load_processor(light_profile / "clipseg").image_processor.size == {"height": 352, "width": 352}
+    for ds in ("coco", "ade20k"):
+        assert processors.oneformer[ds].image_processor.metadata["class_names"] == list(raw_class_names(ds))
+    blip = json.loads((light_profile / "blip" / "config.json").read_text())["text_config"]
+    assert (blip["eos_token_id"], blip["sep_token_id"]) == (2, 102)
+    assert model_metadata({"blip": load_role_model(light_profile / "blip", "blip")})["blip"]["eos_token_id"] == 102
