@@ -273,7 +273,10 @@ def compare_labels(reference: dict, out_dir: Path) -> dict:
     equal = total = 0
     engine = {}
     for stem, labels in reference.items():
-        doc = json.loads((out_dir / f"{stem}_semantic.json").read_text())
+        found = sorted(out_dir.rglob(f"{stem}_semantic.json"))  # <out_dir>/<input name>/<stem>_semantic.json
+        if len(found) != 1:
+            raise FileNotFoundError(f"{out_dir}: {len(found)} outputs of {stem} (expected one)")
+        doc = json.loads(found[0].read_text())
         engine[stem] = [SimpleNamespace(class_name=a["class_name"], class_proposals=a["class_proposals"],
                                         caption=a["caption"]) for a in doc["annotations"]]
         for lab, ann in zip(labels, doc["annotations"], strict=True):

@@ -2,9 +2,16 @@
 
 - Keeps `in_flight` requests per server going (asyncio gRPC), fed from a bounded queue, so the
   servers stay busy and memory stays flat on any dataset size.
-- Resumable: an image whose `<stem>_semantic.json` exists is skipped; outputs are written to a
+- Outputs mirror the inputs (`ssa.dataset`: `<out_dir>/<input>/<sub-folder or tar>/<stem>_semantic.json`),
+  so no folder holds more than one input folder's or tar's images and two images never share a path.
+- Resumable: an image whose `<key>_semantic.json` exists is skipped; outputs are written to a
   temporary name and renamed, so a file is whole or absent. Outputs hold nothing that depends on
   the run (no address, time or order), so a resumed run equals an uninterrupted one byte for byte.
+- Drains on SIGTERM / SIGINT (a scheduler's preemption or time limit, Ctrl-C): no new image is
+  taken, the requests in flight finish within `grace` seconds and are written, the failures file
+  and the summary are written, and the run exits with EXIT_INTERRUPTED (75: run again to resume).
+  A second signal, or the grace running out, abandons the requests still in flight at once;
+  nothing is half-written either way (a file being written is finished first).
 - Faults: a server that is unreachable or restarting is retried with backoff until it has been
   down `retry_limit` seconds; then its work goes to the other servers, and when none is left the
   run stops with a clear message (exit status 3). A bad file is recorded in the failures file
@@ -21,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import signal
 import sys
 import time
 from collections import deque
@@ -45,6 +53,7 @@ from client.engine_client import (
 )
 from ssa.dataset import Item, Listing, Shard, TarMember
 from ssa.errors import InputError, read_input
+from ssa.layout import check_layout, remove_stale_parts
 from ssa.outputs import (
     RunSummary,
     annotated_document,
@@ -71,7 +80,12 @@ MAX_DEATHS = 2  # model processes dead on one image before the image is failed (
 DEAD_STUB = re.compile(r"Stub process '(?P<instance>[^']+)' is not healthy|Stub process is not healthy|"
                        r"Failed to obtain the health mutex")
 EXIT_FAILURES, EXIT_MISMATCH, EXIT_SERVERS_DOWN = 1, 2, 3
-FAILED, GIVEN_UP = object(), object()  # outcomes of a request other than its result
+EXIT_INTERRUPTED = 75  # stopped by SIGTERM / SIGINT after draining: run again to resume (sysexits' EX_TEMPFAIL)
+# seconds the requests in flight get after SIGTERM: under Slurm's and Kubernetes' default 30 s
+# between SIGTERM and SIGKILL (KillWait, terminationGracePeriodSeconds), with time left to exit
+DEFAULT_GRACE = 20.0
+FAILURES_EVERY = 10.0  # seconds between rewrites of the failures file during a run (`ssa status` reads it)
+FAILED, GIVEN_UP, INTERRUPTED = object(), object(), object()  # outcomes of a request other than its result
 
 
 class ServersUnavailable(RuntimeError):
@@ -80,6 +94,10 @@ class ServersUnavailable(RuntimeError):
 
 class ServerMismatch(RuntimeError):
     """A server's `ssa_engine` does not take what this client sends, or servers disagree."""
+
+
+class Interrupted(RuntimeError):
+    """The run was stopped by a signal after draining; rerun to resume."""
 
 
 @dataclass
@@ -95,6 +113,7 @@ class RunnerConfig:
     save_img: bool = False
     overwrite: bool = False
     retry_limit: float = 300.0  # seconds a server may stay unreachable (or unhealthy) before it is given up
+    grace: float = DEFAULT_GRACE  # seconds the requests in flight get to finish after SIGTERM / SIGINT
     request_timeout: float | None = None  # seconds; None waits as long as the server works
     progress: bool = True
     # servers this runner started (url -> an `EmbeddedServer`: alive(), restart()): restarted when
@@ -151,8 +170,8 @@ class Payload:
 
 
 def generated_path(cfg: RunnerConfig, item: Item) -> Path:
-    """Where SAM's masks of an image without annotations go: `<out_dir>/<stem>.json` (SA-1B)."""
-    return cfg.out_dir / f"{item.stem}.json"
+    """Where SAM's masks of an image without annotations go: `<out_dir>/<key>.json` (SA-1B)."""
+    return cfg.out_dir / f"{item.key}.json"
 
 
 def load_payload(item: Item, cfg: RunnerConfig) -> Payload:
@@ -180,7 +199,7 @@ def write_result(cfg: RunnerConfig, prov: dict, item: Item, payload: Payload, la
 
         image = decode_image(payload.image, item.image)
         masks = decode_annotations(payload.document, image.shape[:2], payload.source)
-    write_outputs(cfg.out_dir, item.stem, document, image, masks)
+    write_outputs(cfg.out_dir, item.key, document, image, masks)
 
 
 class Server:
@@ -320,6 +339,15 @@ class Run:
         self.summary = RunSummary()
         self.listed = False
         self.stopped = False
+        self.draining = False  # a signal came: no new image
+        self.forced = False  # a second signal, or the grace ran out: requests in flight abandoned
+        self.signal_name = ""
+        self.done_at_signal = 0  # images done when the signal came
+        self.abandoned = 0  # requests in flight abandoned (second signal, or the grace over)
+        self.requests: set[asyncio.Task] = set()  # the infer calls in flight
+        self.waits: set[asyncio.Task] = set()  # waits for a server to come back (backoff, recovery)
+        self.workers = 0
+        self.failures_written = 0.0
         self.bar = tqdm(total=0, desc="images", unit="img", dynamic_ncols=True, disable=not cfg.progress)
         self.start = time.perf_counter()
         self.prov: dict = {}
@@ -330,6 +358,62 @@ class Run:
         self.summary.failures.append(entry)
         tqdm.write(f"failed: {entry['file']}: {entry['reason']}")
         self.bar.update(1)
+        self.save_failures()
+
+    def save_failures(self, final: bool = False) -> None:
+        """Rewrite the failures file (atomically) at most every FAILURES_EVERY seconds, so that
+        `ssa status` sees a running task's failures; `final`: now, whatever the time."""
+        now = time.monotonic()
+        if final or now - self.failures_written >= FAILURES_EVERY:
+            write_failures(self.cfg.out_dir, self.summary.failures, failures_path_name(self.cfg.shard))
+            self.failures_written = now
+
+    def on_signal(self, signum: int) -> None:
+        """First SIGTERM / SIGINT: drain (no new image; the requests in flight get `grace` seconds).
+        A second one: stop at once."""
+        name = signal.Signals(signum).name
+        if self.draining:
+            tqdm.write(f"{name} again: abandoning {len(self.requests)} requests in flight")
+            self.force_stop()
+            return
+        self.draining, self.signal_name, self.done_at_signal = True, name, self.summary.done
+        tqdm.write(f"{name}: draining: no new image; {len(self.requests)} requests in flight get up to "
+                   f"{self.cfg.grace:.0f}s (a second {name} stops at once)")
+        for task in list(self.waits):  # nothing to wait for a server for any more
+            task.cancel()
+        while not self.queue.empty():  # queued, not started: left for the next run
+            self.queue.get_nowait()
+        for _ in range(self.workers):
+            self.queue.put_nowait(None)
+        asyncio.get_running_loop().call_later(self.cfg.grace, self.grace_over)
+
+    def grace_over(self) -> None:
+        if self.requests:
+            tqdm.write(f"grace of {self.cfg.grace:.0f}s over: abandoning {len(self.requests)} requests in flight")
+        self.force_stop()
+
+    def force_stop(self) -> None:
+        self.forced = True
+        self.abandoned += len(self.requests)
+        for task in list(self.requests | self.waits):
+            task.cancel()
+
+    async def waited(self, coroutine) -> object:
+        """The result of waiting for a server (`recover`, `wait_after_failure`); INTERRUPTED when a
+        signal came meanwhile (the wait is cancelled at once: a draining run waits for no server)."""
+        if self.draining:
+            coroutine.close()
+            return INTERRUPTED
+        task = asyncio.create_task(coroutine)
+        self.waits.add(task)
+        try:
+            return await task
+        except asyncio.CancelledError:
+            if self.draining:
+                return INTERRUPTED
+            raise
+        finally:
+            self.waits.discard(task)
 
     def done(self, masks: int) -> None:
         self.summary.done += 1
@@ -340,38 +424,45 @@ class Run:
 
     async def produce(self, workers: int) -> None:
         """List the sources one by one and queue the items of this shard that are not done yet."""
+        shard = self.cfg.shard
         while True:
             listing = await asyncio.to_thread(next, self.sources, None)
-            if listing is None or self.stopped:
+            if listing is None or self.stopped or self.draining:
                 break
             if listing.error is not None:
                 self.summary.failures.append({"file": listing.source, "reason": listing.error.problem})
                 tqdm.write(f"failed: {listing.error}")
             for problem in listing.unusable:
-                if PurePosixPath(problem.source).stem not in self.cfg.shard:
+                key = "/".join(p for p in (listing.folder, PurePosixPath(str(problem.source)).stem) if p)
+                if not listing.whole and key not in shard:
                     continue
-                self.summary.failures.append({"file": problem.source, "reason": problem.problem})
+                self.summary.failures.append({"file": str(problem.source), "reason": problem.problem})
                 tqdm.write(f"failed: {problem}")
+            if listing.folder:
+                await asyncio.to_thread(remove_stale_parts, self.cfg.out_dir / listing.folder)
             todo: list[Item] = []
             seen_in_source: set[str] = set()
             for item in listing.items:
-                if item.stem not in self.cfg.shard:
+                if item.shard_key not in shard:
                     continue
-                if item.stem in seen_in_source:
+                if item.key in seen_in_source:
                     self.summary.failures.append({"file": str(item.image), "reason": f"another image of "
-                                                  f"{listing.source} has the stem {item.stem!r} (same output file)"})
+                                                  f"{listing.source} has the output path {item.key!r} (the same "
+                                                  f"name with another suffix)"})
                     continue
-                seen_in_source.add(item.stem)
-                if not self.cfg.overwrite and output_paths(self.cfg.out_dir, item.stem)[0].exists():
+                seen_in_source.add(item.key)
+                if not self.cfg.overwrite and output_paths(self.cfg.out_dir, item.key)[0].exists():
                     self.summary.skipped += 1
                     continue
                 todo.append(item)
             self.bar.total += len(todo)
             self.bar.refresh()
             for item in todo:
-                await self.queue.put(item)
-                if self.stopped:
+                if self.stopped or self.draining:
                     return
+                await self.queue.put(item)
+        if self.draining:
+            return
         self.listed = True
         for _ in range(workers):
             await self.queue.put(None)
@@ -381,10 +472,14 @@ class Run:
         the end. The end waits for items still held by other servers: one of them may be given up
         and its item handed back."""
         while True:
+            if self.draining:
+                return None
             if self.returned:
                 item = self.returned.popleft()
             else:
                 item = await self.queue.get()
+                if item is None and self.draining:
+                    return None
                 if item is None and (self.returned or self.in_progress):
                     await self.queue.put(None)
                     await asyncio.sleep(0.2)
@@ -408,43 +503,63 @@ class Run:
 
     async def request(self, server: Server, item: Item, model: str, inputs) -> object:
         """`model`'s result for `item`, retried while the server is down or restarting; FAILED when
-        the item failed (recorded), GIVEN_UP when the server was given up (the item handed back)."""
+        the item failed (recorded), GIVEN_UP when the server was given up (the item handed back),
+        INTERRUPTED when the run stopped on a signal before the result came (the item is left)."""
         strikes = deaths = 0
         while True:
+            if self.forced:
+                return INTERRUPTED
+            task = asyncio.create_task(server.client.infer(model, inputs, client_timeout=self.cfg.request_timeout))
+            self.requests.add(task)
             try:
-                result = await server.client.infer(model, inputs, client_timeout=self.cfg.request_timeout)
+                result = await task
                 server.up()
                 return result
+            except asyncio.CancelledError:
+                if self.forced:  # abandoned after a second signal or the grace (the item is left)
+                    return INTERRUPTED
+                raise
             except Exception as exc:
-                message = error_text(exc)
-                dead = dead_models(exc)
-                if dead is None and server.owner is not None and not server.owner.alive():
-                    dead = []  # the server this runner started is gone: restart it
-                if dead is not None:
-                    deaths += 1
-                    if deaths > MAX_DEATHS:
-                        self.fail({"file": str(item.image), "reason": f"a model process of the server died "
-                                   f"{deaths} times on this image (it may need more memory than the server "
-                                   f"has): {message.splitlines()[0]}"})
-                        return FAILED
-                    if not await server.recover(dead, message):
-                        self.returned.append(item)
-                        return GIVEN_UP
-                    continue
-                if not is_transient(exc):
-                    self.fail(failure_of(item, message))
+                failure = exc
+            finally:
+                self.requests.discard(task)
+            message = error_text(failure)
+            dead = dead_models(failure)
+            if self.draining and (dead is not None or is_transient(failure)):
+                return INTERRUPTED  # the server is stopping too (the whole job got the signal): left for the rerun
+            if dead is None and server.owner is not None and not server.owner.alive():
+                dead = []  # the server this runner started is gone: restart it
+            if dead is not None:
+                deaths += 1
+                if deaths > MAX_DEATHS:
+                    self.fail({"file": str(item.image), "reason": f"a model process of the server died "
+                               f"{deaths} times on this image (it may need more memory than the server "
+                               f"has): {message.splitlines()[0]}"})
                     return FAILED
-                # a server that is up yet fails on this image again and again (e.g. a model
-                # process killed by it) must not stop the run: the image is recorded as failed
-                if await server.ready_now():
-                    strikes += 1
-                    if strikes >= MAX_STRIKES:
-                        self.fail({"file": str(item.image), "reason": f"the server failed {strikes} times on "
-                                   f"this image while staying up: {message.splitlines()[0]}"})
-                        return FAILED
-                if not await server.wait_after_failure(message.splitlines()[0]):
+                recovered = await self.waited(server.recover(dead, message))
+                if recovered is INTERRUPTED:
+                    return INTERRUPTED
+                if not recovered:
                     self.returned.append(item)
                     return GIVEN_UP
+                continue
+            if not is_transient(failure):
+                self.fail(failure_of(item, message))
+                return FAILED
+            # a server that is up yet fails on this image again and again (e.g. a model
+            # process killed by it) must not stop the run: the image is recorded as failed
+            if await server.ready_now():
+                strikes += 1
+                if strikes >= MAX_STRIKES:
+                    self.fail({"file": str(item.image), "reason": f"the server failed {strikes} times on "
+                               f"this image while staying up: {message.splitlines()[0]}"})
+                    return FAILED
+            waited = await self.waited(server.wait_after_failure(message.splitlines()[0]))
+            if waited is INTERRUPTED:
+                return INTERRUPTED
+            if not waited:
+                self.returned.append(item)
+                return GIVEN_UP
 
     async def sam_masks(self, server: Server, item: Item, payload: Payload) -> object:
         """Ask `sam_masks` for the image's masks and write them as `<out_dir>/<stem>.json`."""
@@ -454,7 +569,7 @@ class Run:
                        "includes SAM and regenerate the repository)"})
             return FAILED
         result = await self.request(server, item, SAM_MODEL, sam_inputs(payload.image, self.sam_params))
-        if result is FAILED or result is GIVEN_UP:
+        if result is FAILED or result is GIVEN_UP or result is INTERRUPTED:
             return result
         document = json.loads(text_of(result.as_numpy("annotations").reshape(-1)[0]))
         document["image"].update(file_name=PurePosixPath(str(item.image)).name, image_id=image_id(item.stem))
@@ -466,7 +581,7 @@ class Run:
 
     async def process(self, server: Server, item: Item) -> bool:
         """Send one item and write its outputs, or record its failure; False when `server` was given
-        up (the item is handed back for another server)."""
+        up (the item is handed back for another server) or the run was interrupted (the item is left)."""
         cfg = self.cfg
         try:
             payload = await asyncio.to_thread(load_payload, item, cfg)
@@ -475,11 +590,11 @@ class Run:
             return True
         if payload.document is None:
             made = await self.sam_masks(server, item, payload)
-            if made is FAILED or made is GIVEN_UP:
+            if made is FAILED or made is GIVEN_UP or made is INTERRUPTED:
                 return made is FAILED
         inputs = build_inputs(payload.image, payload.document_bytes, encoded_params=self.params)
         result = await self.request(server, item, MODEL, inputs)
-        if result is FAILED or result is GIVEN_UP:
+        if result is FAILED or result is GIVEN_UP or result is INTERRUPTED:
             return result is FAILED
         try:
             labels = parse_result(result)
@@ -497,19 +612,43 @@ class Run:
     async def run(self) -> RunSummary:
         cfg = self.cfg
         servers = [Server(url, cfg.retry_limit, cfg.owned.get(url)) for url in cfg.urls]
+        loop = asyncio.get_running_loop()
+        handled = []
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(signum, self.on_signal, signum)
+                handled.append(signum)
+            except (RuntimeError, ValueError):  # not the main thread: the caller handles signals
+                pass
         try:
-            infos = await self._check(servers)
+            check = asyncio.create_task(self._check(servers))
+            self.waits.add(check)  # a signal while waiting for the servers to come up stops at once
+            try:
+                infos = await check
+            except asyncio.CancelledError:
+                if self.draining:
+                    raise Interrupted(f"{self.signal_name} before the servers were ready; rerun to resume") from None
+                raise
+            finally:
+                self.waits.discard(check)
             self.prov = provenance(ENGINE_NAME, infos[0]["profile"], cfg.params, cfg.vocabulary)
+            self.workers = len(servers) * cfg.in_flight
             tasks = [asyncio.create_task(self.work(s)) for s in servers for _ in range(cfg.in_flight)]
             producer = asyncio.create_task(self.produce(len(tasks)))
             await asyncio.gather(*tasks)
             self.stopped = True
             producer.cancel()
+            if self.draining:
+                finished = self.summary.done - self.done_at_signal
+                raise Interrupted(f"stopped by {self.signal_name}: {finished} requests in flight finished and "
+                                  f"written, {self.abandoned} abandoned; rerun to resume")
             if not self.listed or self.returned:
                 down = ", ".join(s.url for s in servers if s.given_up)
                 raise ServersUnavailable(f"stopped: no server reachable ({down} down for more than "
                                          f"{cfg.retry_limit:.0f}s); rerun to resume")
         finally:
+            for signum in handled:
+                loop.remove_signal_handler(signum)
             self.bar.close()
             for s in servers:
                 await s.client.close()
@@ -529,16 +668,17 @@ def failures_path_name(shard: Shard) -> str:
 
 
 def annotate_dataset(cfg: RunnerConfig, sources: Iterator[Listing]) -> tuple[RunSummary, Exception | None]:
-    """Run the whole dataset; (summary, the ServersUnavailable or ServerMismatch that stopped it,
-    or None). Failures go to the failures file."""
+    """Run the whole dataset; (summary, the ServersUnavailable, ServerMismatch or Interrupted that
+    stopped it, or None). Failures go to the failures file. ValueError for an output folder in the
+    flat layout of an earlier version (`ssa.layout.check_layout`)."""
+    check_layout(cfg.out_dir)
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in cfg.out_dir.glob(".*.part"):  # temporary files of a runner that was killed
-        stale.unlink(missing_ok=True)
+    remove_stale_parts(cfg.out_dir)  # temporary files of a runner that was killed (SIGKILL)
     run = Run(cfg, sources)
     stop = None
     try:
         asyncio.run(run.run())
-    except (ServersUnavailable, ServerMismatch) as exc:
+    except (ServersUnavailable, ServerMismatch, Interrupted) as exc:
         stop = exc
     summary = run.summary
     summary.seconds = time.perf_counter() - run.start

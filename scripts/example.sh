@@ -23,5 +23,6 @@ OUT="artifacts/out/$PROFILE${PHOTOS:+-photos}"
 ssa annotate --embedded "artifacts/repository/$PROFILE-cpu" --data "$DATA" --out_dir "$OUT" --save_img
 ssa coco --semantic_dir "$OUT" --out "$OUT.coco.json"
 SAM_NOTE=""
-[ -z "${PHOTOS:-}" ] || SAM_NOTE=" (masks made by SAM: $OUT/<stem>.json)"
-echo "outputs: $OUT/*_semantic.json and *_semantic.png$SAM_NOTE; COCO: $OUT.coco.json"
+NAME=$(basename "$(realpath "$DATA")")  # outputs mirror the input: $OUT/<input folder's name>/
+[ -z "${PHOTOS:-}" ] || SAM_NOTE=" (masks made by SAM: $OUT/$NAME/<stem>.json)"
+echo "outputs: $OUT/$NAME/*_semantic.json and *_semantic.png$SAM_NOTE; COCO: $OUT.coco.json"

@@ -122,14 +122,16 @@ def cmd_examples(args: argparse.Namespace) -> int:
 
 
 def cmd_reference(args: argparse.Namespace) -> int:
-    from ssa.dataset import folder_listing
+    from ssa.dataset import folder_listing, input_name
     from ssa.device import resolve
+    from ssa.layout import check_layout
     from ssa.reference import TorchModels, annotate_image
     from ssa.runner import run_in_process
 
     params = params_from(args)
     vocabulary = vocabulary_from(args)
-    listing = folder_listing(args.data_dir)
+    check_layout(args.out_dir)
+    listing = folder_listing(args.data_dir, input_name(args.data_dir))  # the runner's layout
     try:
         device = resolve(args.device)
     except (RuntimeError, ValueError) as exc:
@@ -163,22 +165,29 @@ def cmd_annotate(args: argparse.Namespace) -> int:
 
     from client.runner import (
         EXIT_FAILURES,
+        EXIT_INTERRUPTED,
         EXIT_MISMATCH,
         EXIT_SERVERS_DOWN,
+        Interrupted,
         RunnerConfig,
         ServerMismatch,
         annotate_dataset,
     )
     from ssa.dataset import Shard, check_inputs, listings
+    from ssa.layout import check_layout
 
     check_inputs(args.data)
+    check_layout(args.out_dir)
     if args.in_flight < 1:
         raise ValueError("--in_flight must be at least 1")
+    if args.grace < 0:
+        raise ValueError("--grace must be at least 0")
     cfg = RunnerConfig(urls=args.url or ["127.0.0.1:8001"], out_dir=args.out_dir, params=params_from(args),
                        vocabulary=vocabulary_from(args), sam_params=sam_params_from(args.sam),
                        force_sam=args.force_sam,
                        in_flight=args.in_flight, shard=Shard.parse(args.shard), save_img=args.save_img,
-                       overwrite=args.overwrite, retry_limit=args.retry_limit, request_timeout=args.timeout)
+                       overwrite=args.overwrite, retry_limit=args.retry_limit, request_timeout=args.timeout,
+                       grace=args.grace)
     with contextlib.ExitStack() as stack:
         if args.embedded:
             from model_repository.server import EmbeddedServer
@@ -188,7 +197,7 @@ def cmd_annotate(args: argparse.Namespace) -> int:
             print(f"starting the embedded tritonserver with {args.embedded} ...", file=sys.stderr)
             server = stack.enter_context(EmbeddedServer(args.embedded))
             cfg.urls, cfg.owned = [server.url], {server.url: server}  # restarted if it or a model dies
-        summary, stop = annotate_dataset(cfg, listings(args.data))
+        summary, stop = annotate_dataset(cfg, listings(args.data, cfg.shard, exclude=(args.out_dir,)))
     if args.summary:
         from ssa.sa1b import write_json_atomic
 
@@ -196,8 +205,46 @@ def cmd_annotate(args: argparse.Namespace) -> int:
                                          "stopped": str(stop) if stop else None, "peak_memory_mib": peak_memory_mib()})
     if stop:
         print(f"ssa annotate: {stop}", file=sys.stderr)
+        if isinstance(stop, Interrupted):
+            return EXIT_INTERRUPTED
         return EXIT_MISMATCH if isinstance(stop, ServerMismatch) else EXIT_SERVERS_DOWN
     return EXIT_FAILURES if summary.failures else 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from ssa.dataset import check_inputs
+    from ssa.layout import format_status, run_status
+
+    if not args.out_dir.is_dir():
+        raise FileNotFoundError(f"{args.out_dir}: no such folder")
+    if args.data:
+        check_inputs(args.data)
+    print(format_status(run_status(args.out_dir, args.data, args.tasks)))
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from ssa.dataset import check_inputs
+    from ssa.layout import format_status, merge
+
+    if not args.out_dir.is_dir():
+        raise FileNotFoundError(f"{args.out_dir}: no such folder")
+    if args.data:
+        check_inputs(args.data)
+    coco = None if args.no_coco else (args.coco or args.out_dir / "coco.json")
+    status, failures, left = merge(args.out_dir, args.data, coco)
+    print(format_status(status))
+    if failures:
+        print(f"failures of every task: {failures} ({len(status.failures)} files)")
+    if coco is not None:
+        print(f"COCO file: {coco}")
+    if args.data:
+        if left:
+            print(f"{len(status.left)} images neither done nor failed, listed in {left} (rerun the tasks to "
+                  f"finish them)", file=sys.stderr)
+            return 1
+        print("every image is done or failed")
+    return 0
 
 
 def cmd_coco(args: argparse.Namespace) -> int:
@@ -256,12 +303,16 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Annotate a dataset through one or more tritonservers' ssa_engine, keeping requests in flight\n"
                     "on each, writing <stem>_semantic.json (and --save_img PNGs) to --out_dir.\n\n"
+                    "Outputs mirror the inputs: <out_dir>/<input name>/<sub-folder or tar stem>/<stem>_semantic.json.\n\n"
                     "Resumable: images whose output exists are skipped, so rerun after any stop. Files that\n"
                     "cannot be annotated are listed with the reason in <out_dir>/failures.json\n"
-                    "(failures_<i>of<N>.json with --shard).\n\n"
+                    "(failures_<i>of<N>.json with --shard), rewritten during the run.\n\n"
+                    "SIGTERM / SIGINT (a scheduler's preemption or time limit, Ctrl-C) drains the run: no new image,\n"
+                    "the requests in flight finish within --grace seconds, then it exits with status 75. A second\n"
+                    "signal stops at once. Nothing is half-written either way.\n\n"
                     "Exit status: 0 all done; 1 some files failed; 2 usage error, or a server whose ssa_engine\n"
                     "does not match this client; 3 servers unreachable for longer than --retry_limit (rerun\n"
-                    "to resume).",
+                    "to resume); 75 interrupted by a signal (rerun to resume).",
         epilog="examples:\n"
                "  ssa annotate --embedded artifacts/repository/tiny-cpu --data artifacts/examples --out_dir out\n"
                "  ssa annotate --url node1:8001 --url node2:8001 --data /data/sa1b/sa_000000.tar --out_dir out\n"
@@ -281,11 +332,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="requests kept in flight per server (default %(default)s; raise it for servers with "
                         "several ssa_engine instances or GPUs)")
     p.add_argument("--shard", default="0/1", metavar="I/N",
-                   help="take only shard I of N (by a hash of the image name), so N runners split one dataset "
-                        "without overlap (default %(default)s: everything)")
+                   help="take only shard I of N, so N runners (a Slurm array's tasks) split one dataset without "
+                        "overlap: a folder's images by a hash of their output path, each .tar shard whole by a "
+                        "hash of its name (a task opens only its own tars) (default %(default)s: everything)")
     p.add_argument("--retry_limit", type=float, default=300.0, metavar="SECONDS",
                    help="how long a server may stay unreachable or not ready (restarting) before the run gives "
                         "it up (default %(default)s)")
+    from client.runner import DEFAULT_GRACE
+
+    p.add_argument("--grace", type=float, default=DEFAULT_GRACE, metavar="SECONDS",
+                   help="after SIGTERM / SIGINT, how long the requests in flight may take to finish before they "
+                        "are abandoned (default %(default)s: under the 30 s Slurm and Kubernetes give by default "
+                        "between SIGTERM and SIGKILL)")
     p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
                    help="per-request timeout; a timed-out request is retried like an unreachable server "
                         "(default: none)")
@@ -307,11 +365,37 @@ def build_parser() -> argparse.ArgumentParser:
     add_vocabulary(p)
     p.set_defaults(func=cmd_annotate)
 
+    p = sub.add_parser("status", help="how far a run has got: done / failed / left per input shard and task",
+                       description="Count a run's outputs and failures from its files (works while its tasks "
+                                   "run, and after): per input folder or tar shard, per task (--shard i/N, from "
+                                   "the failures files' names or --tasks), and in all. With --data, also what "
+                                   "is left (every image of the inputs neither done nor failed).")
+    p.add_argument("--out_dir", type=Path, required=True, help="the run's output folder")
+    p.add_argument("--data", "--data_dir", dest="data", type=Path, nargs="+", default=None, metavar="PATH",
+                   help="the run's inputs, as given to ssa annotate (to count what is left)")
+    p.add_argument("--tasks", type=int, default=None, metavar="N",
+                   help="the run's task count (--shard i/N), for the per-task rows (default: from the failures files)")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("merge", help="gather a many-task run: every task's failures, one COCO file, what is left",
+                       description="At the end of a many-task run (the Slurm array's dependent job): every "
+                                   "task's failures into <out_dir>/failures_all.json (once each), every output "
+                                   "into one COCO instances file, and with --data the images neither done nor "
+                                   "failed into <out_dir>/left.txt. Exit status 1 when images are left.")
+    p.add_argument("--out_dir", type=Path, required=True, help="the run's output folder")
+    p.add_argument("--data", "--data_dir", dest="data", type=Path, nargs="+", default=None, metavar="PATH",
+                   help="the run's inputs, as given to ssa annotate (to find what is left)")
+    p.add_argument("--coco", type=Path, default=None, metavar="FILE",
+                   help="the COCO file to write (default <out_dir>/coco.json)")
+    p.add_argument("--no_coco", action="store_true", help="write no COCO file (for SA-1B: export shards with ssa coco)")
+    p.set_defaults(func=cmd_merge)
+
     p = sub.add_parser("coco", help="gather a folder of <stem>_semantic.json into one COCO instances file",
                        description="Write one COCO instances JSON (categories from the class names found, RLE "
                                    "segmentations, score = CLIPSeg vote share of the class name) from every "
                                    "<stem>_semantic.json of --semantic_dir; loadable with pycocotools' COCO API.")
-    p.add_argument("--semantic_dir", type=Path, required=True, help="folder of <stem>_semantic.json files")
+    p.add_argument("--semantic_dir", type=Path, required=True,
+                   help="folder of <stem>_semantic.json files (its sub-folders too: a run's output folder)")
     p.add_argument("--out", type=Path, required=True, help="the COCO JSON file to write")
     p.set_defaults(func=cmd_coco)
     return parser

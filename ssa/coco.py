@@ -1,4 +1,7 @@
-"""COCO export: a folder of `<stem>_semantic.json` files -> one COCO instances file.
+"""COCO export: the `<key>_semantic.json` files of an output folder (and its sub-folders: the
+run's layout) -> one COCO instances file. It is built in memory: about 1 KB per mask, so one file
+for some millions of masks; for SA-1B, export each input shard's folder (`--semantic_dir
+OUT/<input>/<shard>`).
 
 Categories are the class names found (sorted, ids from 1); each mask becomes an annotation with
 its RLE segmentation, area and bbox as pycocotools computes them, `score` = the CLIPSeg vote
@@ -16,9 +19,8 @@ from pycocotools import mask as mask_utils
 
 from ssa.errors import InputError, read_input
 from ssa.masks import decode_rle, encode_rle
+from ssa.outputs import SEMANTIC_SUFFIX, semantic_files
 from ssa.sa1b import write_json_atomic
-
-SEMANTIC_SUFFIX = "_semantic.json"
 
 
 @dataclass
@@ -29,7 +31,7 @@ class CocoResult:
     failures: list[dict[str, str]] = field(default_factory=list)
 
 
-def _image_entry(doc: dict[str, Any], path: Path) -> dict[str, Any]:
+def _image_entry(doc: dict[str, Any], path: Path, folder: str = "") -> dict[str, Any]:
     image = doc.get("image")
     if not isinstance(image, dict):
         raise InputError("no 'image' object", path)
@@ -37,6 +39,8 @@ def _image_entry(doc: dict[str, Any], path: Path) -> dict[str, Any]:
     if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (height, width)):
         raise InputError(f"image height/width {height!r}/{width!r} are not positive integers", path)
     name = image.get("file_name") or path.name.removesuffix(SEMANTIC_SUFFIX) + ".jpg"
+    if folder:  # the image's place in the inputs, so two images of one name in two folders stay apart
+        name = f"{folder}/{name}"
     return {"id": image.get("image_id"), "width": width, "height": height, "file_name": name}
 
 
@@ -68,7 +72,8 @@ def _annotations(doc: dict[str, Any], size: tuple[int, int], path: Path) -> list
 
 
 def export_coco(semantic_dir: str | Path, out: str | Path) -> CocoResult:
-    """Write the COCO file for every `*_semantic.json` of `semantic_dir` (sorted by name).
+    """Write the COCO file for every `*_semantic.json` of `semantic_dir` and its sub-folders
+    (sorted by path; `file_name` is the image's name prefixed by its sub-folder).
 
     A file that cannot be read or is not a valid output is skipped and reported in the result;
     image ids come from the documents, or are assigned when missing or taken.
@@ -76,9 +81,9 @@ def export_coco(semantic_dir: str | Path, out: str | Path) -> CocoResult:
     semantic_dir = Path(semantic_dir)
     if not semantic_dir.is_dir():
         raise FileNotFoundError(f"{semantic_dir}: no such folder")
-    files = sorted(p for p in semantic_dir.glob(f"*{SEMANTIC_SUFFIX}") if not p.name.startswith("."))
+    files = semantic_files(semantic_dir)
     if not files:
-        raise FileNotFoundError(f"{semantic_dir}: no *{SEMANTIC_SUFFIX} files")
+        raise FileNotFoundError(f"{semantic_dir}: no *{SEMANTIC_SUFFIX} files (nor in its sub-folders)")
     result = CocoResult()
     images, per_image = [], []
     for path in files:
@@ -89,7 +94,8 @@ def export_coco(semantic_dir: str | Path, out: str | Path) -> CocoResult:
                 raise InputError(f"invalid JSON ({exc})", path) from exc
             if not isinstance(doc, dict):
                 raise InputError("not a JSON object", path)
-            image = _image_entry(doc, path)
+            folder = path.parent.relative_to(semantic_dir).as_posix()
+            image = _image_entry(doc, path, "" if folder == "." else folder)
             anns = _annotations(doc, (image["height"], image["width"]), path)
         except InputError as exc:
             result.failures.append({"file": str(path), "reason": exc.problem})

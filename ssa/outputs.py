@@ -1,5 +1,6 @@
-"""What the engine writes: `<stem>_semantic.json` (+ optional `<stem>_semantic.png`) per image,
-each whole or absent, and a failures file naming every file that could not be annotated."""
+"""What the engine writes: `<key>_semantic.json` (+ optional `<key>_semantic.png`) per image,
+each whole or absent, and a failures file naming every file that could not be annotated. The
+key mirrors the image's place in the inputs (`ssa.dataset`)."""
 
 from __future__ import annotations
 
@@ -20,12 +21,26 @@ from ssa.sa1b import write_bytes_atomic, write_json_atomic
 from ssa.vocabulary import Vocabulary
 
 FAILURES_FILE = "failures.json"
+SEMANTIC_SUFFIX = "_semantic.json"
 
 
-def output_paths(out_dir: str | Path, stem: str) -> tuple[Path, Path]:
-    """(json path, png path) of an image's outputs."""
+def output_paths(out_dir: str | Path, key: str) -> tuple[Path, Path]:
+    """(json path, png path) of an image's outputs; `key`: its path under `out_dir` without the
+    suffix (`ssa.dataset.Item.key`: `<input>/<folder or tar>/<stem>`)."""
     out_dir = Path(out_dir)
-    return out_dir / f"{stem}_semantic.json", out_dir / f"{stem}_semantic.png"
+    return out_dir / f"{key}_semantic.json", out_dir / f"{key}_semantic.png"
+
+
+def semantic_files(out_dir: str | Path) -> list[Path]:
+    """Every `<key>_semantic.json` under `out_dir`, its sub-folders included (hidden files and
+    folders skipped), sorted by path."""
+    import os
+
+    found = []
+    for root, dirs, names in os.walk(out_dir):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found.extend(Path(root) / n for n in names if n.endswith(SEMANTIC_SUFFIX) and not n.startswith("."))
+    return sorted(found)
 
 
 def provenance(engine: str, profile: dict, params: EngineParams, vocabulary: Vocabulary | None = None,
@@ -58,13 +73,13 @@ def annotated_document(doc: dict[str, Any], labels: list[MaskLabel], prov: dict[
     return out
 
 
-def write_outputs(out_dir: str | Path, stem: str, document: dict[str, Any], image: np.ndarray | None = None,
+def write_outputs(out_dir: str | Path, key: str, document: dict[str, Any], image: np.ndarray | None = None,
                   masks=None) -> None:
     """Write the JSON (and the PNG when `image` and `masks` are given), each atomically.
 
     The PNG is written first, so a finished JSON always means the image is done.
     """
-    json_path, png_path = output_paths(out_dir, stem)
+    json_path, png_path = output_paths(out_dir, key)
     if image is not None and masks is not None:
         from ssa.render import render_labels
 

@@ -53,14 +53,14 @@ def run_in_process(items: Sequence[Item], out_dir: str | Path, annotate: Annotat
     start = time.perf_counter()
     bar = tqdm(items, desc="images", unit="img", dynamic_ncols=True)
     for item in bar:
-        if not overwrite and output_paths(out_dir, item.stem)[0].exists():
+        if not overwrite and output_paths(out_dir, item.key)[0].exists():
             summary.skipped += 1
             continue
         try:
             image, doc, masks = load_item(item)
             labels = annotate(item, image, masks)
             document = annotated_document(doc, labels, prov)
-            write_outputs(out_dir, item.stem, document, image if save_img else None, masks if save_img else None)
+            write_outputs(out_dir, item.key, document, image if save_img else None, masks if save_img else None)
         except InputError as exc:
             summary.failures.append({"file": str(exc.source or item.image), "reason": exc.problem})
             tqdm.write(f"failed: {exc}")

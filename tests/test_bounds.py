@@ -119,8 +119,8 @@ def test_requests_over_the_limits_are_refused_and_the_run_goes_on(limited_server
         in failures["dense.jpg"]
     assert "too large: image of 700 x 500 = 350,000 pixels exceeds this server's limit of 300,000 pixels" \
         in failures["big.jpg"]
-    assert sorted(p.name for p in (tmp_path / "out").glob("*_semantic.json")) == ["sa_1_semantic.json",
-                                                                                  "sa_3_semantic.json"]
+    assert sorted(p.name for p in (tmp_path / "out" / "data").glob("*_semantic.json")) == ["sa_1_semantic.json",
+                                                                                           "sa_3_semantic.json"]
 
 
 def test_server_limits_from_the_config():

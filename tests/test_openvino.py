@@ -168,11 +168,11 @@ def test_bf16_server_agrees_on_every_clear_decision(repositories, example_dir, r
     # models' captions are all near-ties: their token logits are almost flat)
     d = result["decisions"]
     assert d["clip"]["clear"] >= 10 and d["clipseg"]["clear"] >= 10, result
-    doc = json.loads((tmp_path / "out" / f"{items[0].stem}_semantic.json").read_text())
+    doc = json.loads((tmp_path / "out" / example_dir.name / f"{items[0].stem}_semantic.json").read_text())
     runtime = doc["ssa"]["runtime"]
     assert (runtime["target"], runtime["backend"]) == ("cpu", "openvino")
     assert runtime["precision"]["oneformer_coco"] == "bf16" and runtime["precision"]["sam_decoder"] == "fp32"
     assert runtime["precision"]["clip_text"] == runtime["precision"]["clipseg_decoder"] == "fp32"
     for stem, labels in engine.items():  # the runner wrote what the server answered
-        doc = json.loads((tmp_path / "out" / f"{stem}_semantic.json").read_text())
+        doc = json.loads((tmp_path / "out" / example_dir.name / f"{stem}_semantic.json").read_text())
         assert [a["class_name"] for a in doc["annotations"]] == [lab.class_name for lab in labels]

@@ -24,7 +24,7 @@ def run_reference(tiny_profile, data_dir, out_dir, *extra) -> int:
 def reference_outputs(tiny_profile, example_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("reference")
     assert run_reference(tiny_profile, example_dir, out, "--save_img") == 0
-    return out
+    return out / example_dir.name  # the runner's layout: <out_dir>/<input folder's name>/
 
 
 def test_every_image_gets_a_valid_sa1b_document(example_dir, reference_outputs):
@@ -63,12 +63,14 @@ def test_labels_vary_across_masks(reference_outputs):
 
 def test_second_run_is_identical(tiny_profile, example_dir, reference_outputs, tmp_path):
     assert run_reference(tiny_profile, example_dir, tmp_path) == 0
-    for first in sorted(reference_outputs.glob("*_semantic.json")):
-        assert (tmp_path / first.name).read_bytes() == first.read_bytes(), first.name
+    firsts = sorted(reference_outputs.glob("*_semantic.json"))
+    assert len(firsts) == 6
+    for first in firsts:
+        assert (tmp_path / example_dir.name / first.name).read_bytes() == first.read_bytes(), first.name
 
 
 def test_rerun_skips_done_images(tiny_profile, example_dir, reference_outputs, capsys):
-    assert run_reference(tiny_profile, example_dir, reference_outputs) == 0
+    assert run_reference(tiny_profile, example_dir, reference_outputs.parent) == 0
     assert "done 0, skipped 6, failed 0" in capsys.readouterr().out
 
 
@@ -88,7 +90,8 @@ def test_bad_files_are_reported_and_the_rest_done(tiny_profile, example_dir, tmp
     assert "invalid JSON" in reasons["sa_3.json"]
     assert "unreadable image" in reasons["sa_6.jpg"]
     assert "no annotation file" in reasons["sa_1.jpg"]
-    assert sorted(p.name for p in out.iterdir()) == ["failures.json", "sa_2_semantic.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["data", "failures.json"]
+    assert sorted(p.name for p in (out / "data").iterdir()) == ["sa_2_semantic.json"]
 
 
 def test_one_candidate_and_one_pixel_crop(tiny_profile, example_dir, tmp_path):
@@ -106,7 +109,7 @@ def test_one_candidate_and_one_pixel_crop(tiny_profile, example_dir, tmp_path):
                            "segmentation": encode_rle(corner)}]
     (data / "sa_2.json").write_text(json.dumps(doc))
     assert run_reference(tiny_profile, data, tmp_path / "out") == 0
-    ann = json.loads((tmp_path / "out" / "sa_2_semantic.json").read_text())["annotations"][0]
+    ann = json.loads((tmp_path / "out" / "data" / "sa_2_semantic.json").read_text())["annotations"][0]
     assert ann["class_name"] in ann["class_proposals"]
 
 

@@ -47,7 +47,14 @@ def run(server_urls, data, out_dir, **kw):
 
 
 def outputs(out_dir: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(out_dir.glob("*_semantic.json"))}
+    """{path under the input's output folder: bytes} of every `*_semantic.json` of a run over one
+    input (the layout mirrors the input: `<out_dir>/<input name>/...`)."""
+    return {p.relative_to(out_dir).as_posix().split("/", 1)[1]: p.read_bytes()
+            for p in sorted(out_dir.rglob("*_semantic.json"))}
+
+
+def assert_no_temporary_file(out_dir: Path) -> None:
+    assert not [p for p in out_dir.rglob(".*")], "temporary files left behind"
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +66,9 @@ def folder_run(server, example_dir, tmp_path_factory):
     return out, summary
 
 
-def test_folder_labels_equal_the_reference(folder_run, reference_labels):
-    out, summary = folder_run
+def test_folder_labels_equal_the_reference(folder_run, reference_labels, example_dir):
+    root, summary = folder_run
+    out = root / example_dir.name  # outputs mirror the input: <out_dir>/<input folder's name>/
     assert summary.done == 6 and summary.masks == sum(len(v) for v in reference_labels.values())
     for stem, expected in reference_labels.items():
         doc = json.loads((out / f"{stem}_semantic.json").read_text())
@@ -74,16 +82,16 @@ def test_folder_labels_equal_the_reference(folder_run, reference_labels):
             assert ann["class_proposal_scores"] == pytest.approx(e.proposal_scores, abs=1e-4)
             assert 0 < ann["class_name_vote"] <= 1 and "segmentation" in ann and "bbox" in ann
         assert (out / f"{stem}_semantic.png").stat().st_size > 0
-    assert not (out / FAILURES_FILE).exists()
+    assert not (root / FAILURES_FILE).exists()
     assert_readable_by_others(out)
 
 
 def test_rerun_skips_everything_and_changes_nothing(server, example_dir, folder_run):
     out, _ = folder_run
-    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.iterdir()}
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.rglob("*") if p.is_file()}
     summary, stop = run([server.url], [example_dir], out)
     assert stop is None and (summary.done, summary.skipped) == (0, 6)
-    assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.iterdir()} == before
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.rglob("*") if p.is_file()} == before
 
 
 def test_tar_shard_and_list_file_give_the_same_bytes(server, example_dir, folder_run, tmp_path):
@@ -96,17 +104,22 @@ def test_tar_shard_and_list_file_give_the_same_bytes(server, example_dir, folder
     for source, name in ((shard, "tar"), (listed, "list")):
         summary, stop = run([server.url], [source], tmp_path / name, in_flight=3)
         assert stop is None and summary.done == 6 and not summary.failures, name
-        assert outputs(tmp_path / name) == outputs(folder_run[0]), name
+        assert [p.name for p in (tmp_path / name).iterdir()] == [source.stem], name  # <tar or list stem>/
+    assert outputs(tmp_path / "tar") == outputs(folder_run[0])
+    # the list names the images by absolute paths outside its folder: mirrored whole under list/
+    listed_out = {Path(k).name: v for k, v in outputs(tmp_path / "list").items()}
+    assert listed_out == outputs(folder_run[0])
+    assert all(k.startswith(example_dir.as_posix().lstrip("/")) for k in outputs(tmp_path / "list"))
 
 
 def test_shards_cover_the_set_exactly_once(server, example_dir, folder_run, tmp_path):
-    stems = sorted(p.stem for p in example_dir.glob("*.jpg"))
+    keys = sorted(f"{example_dir.name}/{p.stem}" for p in example_dir.glob("*.jpg"))
     done = []
     for i in range(3):
         summary, stop = run([server.url], [example_dir], tmp_path, shard=Shard(i, 3))
         assert stop is None and not summary.failures and summary.skipped == 0
         done.append(summary.done)
-    assert sum(done) == len(stems) and sorted(sum(([s for s in stems if s in Shard(i, 3)] for i in range(3)), [])) == stems
+    assert sum(done) == len(keys) and sorted(sum(([k for k in keys if k in Shard(i, 3)] for i in range(3)), [])) == keys
     assert outputs(tmp_path) == outputs(folder_run[0])
 
 
@@ -148,9 +161,10 @@ def test_bad_files_are_recorded_and_the_rest_succeed(server, example_dir, tmp_pa
     assert len(recorded) == 5 and all(set(f) == {"file", "reason"} for f in recorded)
     assert not any("0x" in f["reason"] for f in recorded)  # the file and the problem, no object addresses
     assert sorted(outputs(tmp_path / "out")) == ["no_masks_semantic.json", "sa_5_semantic.json", "sa_6_semantic.json"]
-    assert (tmp_path / "out" / "sa_5.json").is_file()  # SAM's masks, SA-1B form
-    assert json.loads((tmp_path / "out" / "no_masks_semantic.json").read_text())["annotations"] == []
-    assert_readable_by_others(tmp_path / "out")  # outputs and failures.json
+    assert (tmp_path / "out" / "data" / "sa_5.json").is_file()  # SAM's masks, SA-1B form
+    assert json.loads((tmp_path / "out" / "data" / "no_masks_semantic.json").read_text())["annotations"] == []
+    assert_readable_by_others(tmp_path / "out")  # failures.json
+    assert_readable_by_others(tmp_path / "out" / "data")  # outputs
 
 
 def test_unreachable_server_stops_with_a_clear_message(example_dir, tmp_path):
@@ -184,7 +198,7 @@ def watch_until(out: Path, condition, timeout: float = 300.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, "timed out"
-        for p in out.glob("*_semantic.json"):
+        for p in out.rglob("*_semantic.json"):
             json.loads(p.read_bytes())  # a partial file would fail here
         time.sleep(0.05)
 
@@ -213,7 +227,7 @@ def test_server_killed_and_restarted_mid_run(repositories, copied_examples, fold
     assert runner.returncode == 0, log
     assert done_at_kill < 6 * COPIES and "unavailable" in log  # the kill really landed mid-run
     assert outputs(out) == expected_copies(folder_run[0])
-    assert not list(out.glob(".*"))  # no temporary file left behind
+    assert_no_temporary_file(out)
 
 
 def test_server_down_too_long_stops_and_a_rerun_resumes(repositories, copied_examples, folder_run, tmp_path):
@@ -303,7 +317,7 @@ def test_coco_export_round_trips_the_masks(folder_run, example_dir, tmp_path):
     names = {c["id"]: c["name"] for c in coco.loadCats(coco.getCatIds())}
     checked = 0
     for stem in sorted(p.stem for p in example_dir.glob("*.jpg")):
-        doc = json.loads((folder_run[0] / f"{stem}_semantic.json").read_text())
+        doc = json.loads((folder_run[0] / example_dir.name / f"{stem}_semantic.json").read_text())
         image_id = doc["image"]["image_id"]
         anns = coco.loadAnns(coco.getAnnIds(imgIds=[image_id]))
         assert len(anns) == len(doc["annotations"])
@@ -314,7 +328,7 @@ def test_coco_export_round_trips_the_masks(folder_run, example_dir, tmp_path):
             assert (coco.annToMask(ann).astype(bool) == decode_rle(src["segmentation"], size)).all()
             checked += 1
     assert checked == result.annotations and set(names.values()) == {
-        a["class_name"] for p in folder_run[0].glob("*_semantic.json") for a in json.loads(p.read_text())["annotations"]}
+        a["class_name"] for p in folder_run[0].rglob("*_semantic.json") for a in json.loads(p.read_text())["annotations"]}
 
 
 # --- model processes killed mid-run (the OOM killer's way) ------------------------------------------

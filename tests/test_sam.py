@@ -166,6 +166,7 @@ def test_plain_folder_end_to_end(server, photos, tmp_path):
                          "--sam", "points_per_side=8"], tmp_path / "run.log")
     assert run.wait(600) == 1, (tmp_path / "run.log").read_text()  # 1: a file failed, the rest done
     failures = json.loads((out / "failures.json").read_text())
+    root, out = out, out / photos.name  # outputs mirror the input: <out_dir>/<input folder's name>/
     assert [Path(f["file"]).name for f in failures] == ["broken.jpg"] and "unreadable image" in failures[0]["reason"]
     stems = sorted(p.stem for p in photos.glob("sa_*.jpg"))
     labelled = 0
@@ -187,7 +188,7 @@ def test_plain_folder_end_to_end(server, photos, tmp_path):
     # the COCO export takes these outputs unchanged
     from ssa.coco import export_coco
 
-    result = export_coco(out, tmp_path / "coco.json")
+    result = export_coco(root, tmp_path / "coco.json")
     assert result.images == len(stems) and result.annotations == labelled and not result.failures
 
 
@@ -197,8 +198,8 @@ def test_plain_folder_resumes_after_a_kill(server, photos, tmp_path):
     for k in range(3):
         for p in sorted(photos.glob("sa_*.jpg")):
             os.link(p, data / f"c{k}_{p.name}")
-    out = tmp_path / "out"
-    args = ["--url", server.url, "--data", str(data), "--out_dir", str(out), "--sam", "points_per_side=8"]
+    args = ["--url", server.url, "--data", str(data), "--out_dir", str(tmp_path / "out"), "--sam", "points_per_side=8"]
+    out = tmp_path / "out" / "data"
     first = _ssa_annotate(args, tmp_path / "first.log")
     try:
         deadline = time.monotonic() + 300
@@ -216,7 +217,7 @@ def test_plain_folder_resumes_after_a_kill(server, photos, tmp_path):
     assert again.wait(600) == 0, (tmp_path / "again.log").read_text()
     assert f"skipped {len(done)}" in (tmp_path / "again.log").read_text()
     names = sorted(p.name for p in out.glob("*_semantic.json"))
-    assert len(names) == 18 and not list(out.glob(".*.part"))
+    assert len(names) == 18 and not list((tmp_path / "out").rglob(".*.part"))
     # copies of one photo have the same masks and labels, resumed or not
     for k in (1, 2):
         for p in sorted(photos.glob("sa_*.jpg")):

@@ -153,7 +153,9 @@ def test_runner_records_the_vocabulary_and_server_refuses_a_bad_one(server, exam
     cfg = RunnerConfig(urls=[server.url], out_dir=tmp_path / "out", vocabulary=vocabulary, progress=False)
     summary, stop = annotate_dataset(cfg, listings([example_dir]))
     assert stop is None and summary.done == 6 and not summary.failures
-    for out in (tmp_path / "out").glob("*_semantic.json"):
+    written = sorted((tmp_path / "out" / example_dir.name).glob("*_semantic.json"))
+    assert len(written) == 6
+    for out in written:
         doc = json.loads(out.read_text())
         assert doc["ssa"]["vocabulary"] == {"sha256": vocabulary.sha256, "size": 7, "synonyms": 8, "mode": "only"}
         assert all(a["class_name"] in vocabulary.classes for a in doc["annotations"])
