@@ -74,7 +74,7 @@ case $mode in
       --http_port "$http_port" --timeout "$ready_timeout" > "$server_log" 2>&1 &
     server_pid=$! ;;
   apptainer)
-    : "${SSA_REPOSITORY:?set SSA_REPOSITORY}" "${SSA_IMAGE:?set SSA_IMAGE to the server image (.sif)}"
+    : "${SSA_REPOSITORY:?set SSA_REPOSITORY}" "${SSA_IMAGE:?set SSA_IMAGE to the server image, a .sif file}"
     apptainer exec --nv --bind "$SSA_REPOSITORY:/models:ro" "$SSA_IMAGE" \
       tritonserver --model-repository=/models --model-control-mode=explicit --load-model='*' \
       --strict-readiness=true --exit-on-error=true --grpc-port="$grpc_port" --http-port="$http_port" \
@@ -88,7 +88,7 @@ case $mode in
       --allow-metrics=false > "$server_log" 2>&1 &
     server_pid=$! ;;
   url)
-    url=${SSA_URL:?set SSA_URL to the server's host:port}; http_port="" ;;
+    url=${SSA_URL:?set SSA_URL to the gRPC address of the server, host:port}; http_port="" ;;
   *) say "SSA_SERVER=$mode: expected embedded, apptainer, enroot or url"; exit 2 ;;
 esac
 

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -404,3 +405,15 @@ def test_engine_build_runs_with_what_its_image_has(tiny_export, tmp_path, old_or
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "ok {'image_embeds': (2," in result.stdout and (tmp_path / "x.plan").read_bytes() == b"plan"
+
+
+def test_deploy_scripts_parse():
+    """Every shell script of deploy/ and scripts/ is valid bash (`bash -n`): a syntax error in a
+    batch script shows only when a scheduler runs it."""
+    root = Path(__file__).resolve().parents[1]
+    scripts = sorted([*root.glob("deploy/**/*.sh"), *root.glob("deploy/**/*.sbatch"), *root.glob("scripts/*.sh"),
+                      root / ".ci" / "run"])
+    assert len(scripts) >= 6
+    for script in scripts:
+        result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+        assert result.returncode == 0, f"{script}: {result.stderr}"

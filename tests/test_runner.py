@@ -427,3 +427,76 @@ def test_dead_model_processes_are_told_from_other_failures(message, models):
     from client.runner import dead_models
 
     assert dead_models(RuntimeError(message)) == models
+
+
+# --- signals: a scheduler's preemption or time limit ---------------------------------------------
+
+def test_sigterm_drains_the_requests_in_flight_and_a_rerun_resumes(server, copied_examples, folder_run, tmp_path):
+    """SIGTERM with requests in flight: no new image is taken, those in flight finish and are
+    written, the failures file and the summary are written, exit 75; a rerun finishes the rest and
+    the outputs equal an uninterrupted run's byte for byte."""
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "ssa", "annotate", "--data", str(copied_examples), "--out_dir", str(out),
+           "--url", server.url, "--in_flight", "3", "--grace", "120"]
+    log = tmp_path / "runner.log"
+    runner = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+                              env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"})
+    try:
+        watch_until(out, lambda: len(outputs(out)) >= 2)
+        at_signal = len(outputs(out))
+        runner.send_signal(signal.SIGTERM)
+        runner.wait(150)
+    finally:
+        runner.kill() if runner.poll() is None else None
+    text = log.read_text()
+    assert runner.returncode == 75, text
+    assert "SIGTERM: draining" in text and "rerun to resume" in text, text
+    finished = int(text.split(" requests in flight finished")[0].rsplit(" ", 1)[1])
+    assert finished >= 1 and "0 abandoned" in text, text  # what was in flight was finished, not dropped
+    after = len(outputs(out))
+    assert at_signal < after < 6 * COPIES and after <= at_signal + 3  # at most in_flight more, then nothing new
+    assert "done " in text  # the summary line
+    assert_no_temporary_file(out)
+    for name, data in outputs(out).items():
+        assert data == expected_copies(folder_run[0])[name]
+    summary, stop = run([server.url], [copied_examples], out, in_flight=2)
+    assert stop is None and summary.skipped == after and summary.done == 6 * COPIES - after
+    assert outputs(out) == expected_copies(folder_run[0])
+
+
+def test_a_second_signal_stops_at_once_with_nothing_half_written(server, copied_examples, folder_run, tmp_path):
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "ssa", "annotate", "--data", str(copied_examples), "--out_dir", str(out),
+           "--url", server.url, "--in_flight", "2", "--grace", "600"]
+    log = tmp_path / "runner.log"
+    runner = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+                              env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"})
+    try:
+        watch_until(out, lambda: len(outputs(out)) >= 1)
+        runner.send_signal(signal.SIGINT)  # Ctrl-C
+        time.sleep(0.05)
+        runner.send_signal(signal.SIGINT)
+        started = time.monotonic()
+        runner.wait(60)
+        took = time.monotonic() - started
+    finally:
+        runner.kill() if runner.poll() is None else None
+    text = log.read_text()
+    assert runner.returncode == 75 and "SIGINT again: abandoning" in text, text
+    assert took < 30  # not the 600 s grace
+    assert_no_temporary_file(out)
+    for name, data in outputs(out).items():  # what was written is whole and right
+        assert data == expected_copies(folder_run[0])[name]
+
+
+def test_two_inputs_with_the_same_stems_get_their_own_outputs(server, example_dir, folder_run, tmp_path):
+    """train/sa_1.jpg and val/sa_1.jpg: two outputs (once one was annotated and the other dropped)."""
+    for split in ("train", "val"):
+        (tmp_path / split).mkdir()
+        for p in example_dir.iterdir():
+            os.link(p, tmp_path / split / p.name)
+    summary, stop = run([server.url], [tmp_path / "train", tmp_path / "val"], tmp_path / "out")
+    assert stop is None and summary.done == 12 and not summary.failures
+    for split in ("train", "val"):
+        got = {p.name: p.read_bytes() for p in (tmp_path / "out" / split).glob("*_semantic.json")}
+        assert got == outputs(folder_run[0])

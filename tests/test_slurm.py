@@ -194,8 +194,16 @@ def test_array_job_with_a_preempted_task_equals_one_uninterrupted_run(slurm, ser
     own = [item.key for listing in listings([data], Shard(1, TASKS)) for item in listing.items]
     assert len(own) >= 5
 
+    def first_output():
+        if any((out / f"{key}_semantic.json").exists() for key in own):
+            return True
+        assert slurm.job(victim).get("JobState") in ("PENDING", "RUNNING"), \
+            f"task 1 ended before its first output: {slurm.job(victim)}\n" + \
+            "\n".join(p.read_text(errors="replace")[-3000:] for p in sorted(logs.glob("*")) if p.is_file())
+        return False
+
     # task 1 mid-run: its first image written, most of its share still to do
-    _wait(lambda: any((out / f"{key}_semantic.json").exists() for key in own), 600, "task 1's first output", logs)
+    _wait(first_output, 600, "task 1's first output", logs)
     slurm.run("scancel", "--signal=TERM", "--batch", victim)
     # its drain ends the run with 75, the batch script requeues it; Slurm holds a requeued job
     # for a while (BeginTime): let it start at once
