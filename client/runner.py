@@ -422,39 +422,47 @@ class Run:
         elapsed = time.perf_counter() - self.start
         self.bar.set_postfix_str(f"{self.summary.done / elapsed:.3f} img/s, {self.summary.masks / elapsed:.1f} masks/s")
 
+    def select(self, listing: Listing) -> list[Item]:
+        """The items of `listing` this run is to send: this task's (`--shard`), not done yet
+        (unless `overwrite`); the listing's problems and duplicate output paths recorded as
+        failures, stale temporary files of its output folder removed."""
+        shard = self.cfg.shard
+        if listing.error is not None:
+            self.summary.failures.append({"file": listing.source, "reason": listing.error.problem})
+            tqdm.write(f"failed: {listing.error}")
+        for problem in listing.unusable:
+            key = "/".join(p for p in (listing.folder, PurePosixPath(str(problem.source)).stem) if p)
+            if not listing.whole and key not in shard:
+                continue
+            self.summary.failures.append({"file": str(problem.source), "reason": problem.problem})
+            tqdm.write(f"failed: {problem}")
+        if listing.folder:
+            remove_stale_parts(self.cfg.out_dir / listing.folder)
+        todo: list[Item] = []
+        seen_in_source: set[str] = set()
+        for item in listing.items:
+            if item.shard_key not in shard:
+                continue
+            if item.key in seen_in_source:
+                self.summary.failures.append({"file": str(item.image), "reason": f"another image of "
+                                              f"{listing.source} has the output path {item.key!r} (the same "
+                                              f"name with another suffix)"})
+                continue
+            seen_in_source.add(item.key)
+            if not self.cfg.overwrite and output_paths(self.cfg.out_dir, item.key)[0].exists():
+                self.summary.skipped += 1
+                continue
+            todo.append(item)
+        return todo
+
     async def produce(self, workers: int) -> None:
         """List the sources one by one and queue the items of this shard that are not done yet."""
-        shard = self.cfg.shard
         while True:
             listing = await asyncio.to_thread(next, self.sources, None)
             if listing is None or self.stopped or self.draining:
                 break
-            if listing.error is not None:
-                self.summary.failures.append({"file": listing.source, "reason": listing.error.problem})
-                tqdm.write(f"failed: {listing.error}")
-            for problem in listing.unusable:
-                key = "/".join(p for p in (listing.folder, PurePosixPath(str(problem.source)).stem) if p)
-                if not listing.whole and key not in shard:
-                    continue
-                self.summary.failures.append({"file": str(problem.source), "reason": problem.problem})
-                tqdm.write(f"failed: {problem}")
-            if listing.folder:
-                await asyncio.to_thread(remove_stale_parts, self.cfg.out_dir / listing.folder)
-            todo: list[Item] = []
-            seen_in_source: set[str] = set()
-            for item in listing.items:
-                if item.shard_key not in shard:
-                    continue
-                if item.key in seen_in_source:
-                    self.summary.failures.append({"file": str(item.image), "reason": f"another image of "
-                                                  f"{listing.source} has the output path {item.key!r} (the same "
-                                                  f"name with another suffix)"})
-                    continue
-                seen_in_source.add(item.key)
-                if not self.cfg.overwrite and output_paths(self.cfg.out_dir, item.key)[0].exists():
-                    self.summary.skipped += 1
-                    continue
-                todo.append(item)
+            todo = await asyncio.to_thread(self.select, listing)
+            self.save_failures()  # a listing's problems, on disk for `ssa status`
             self.bar.total += len(todo)
             self.bar.refresh()
             for item in todo:
