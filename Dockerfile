@@ -33,6 +33,7 @@ COPY client ./client
 COPY export ./export
 COPY model_repository ./model_repository
 COPY benchmarks ./benchmarks
+COPY deploy ./deploy
 RUN pip install --no-deps . && python -c "import ssa, client.runner; from ssa.nouns import load_spacy; load_spacy()"
 
 # the generated gpu repository is mounted here read-only (docker-compose.yml)

@@ -100,11 +100,18 @@ def test_kubernetes_job_shards_by_completion_index():
     for probe in ("readinessProbe", "livenessProbe"):
         assert_heals_and_probes_stubs(server["args"], server[probe]["exec"]["command"])
     runner = pod["containers"][0]
-    shards = next(e["value"] for e in runner["env"] if e["name"] == "SSA_SHARDS")
-    assert int(shards) == job["spec"]["completions"]
-    command = _expand(runner["command"][-1], {"JOB_COMPLETION_INDEX": "3", "SSA_SHARDS": shards}).split()
-    args = build_parser().parse_args(command[2:])
-    assert args.shard == f"3/{shards}" and args.url == ["127.0.0.1:8001"]
+    env = {e["name"]: e["value"] for e in runner["env"]}
+    assert int(env["SSA_SHARDS"]) == job["spec"]["completions"]
+    # the per-task entrypoint of the Slurm array job, against the sidecar; its drain fits the pod's grace
+    command = _expand(runner["command"][-1], {"JOB_COMPLETION_INDEX": "3", **env}).split()
+    assert command[:3] == ["exec", "bash", "/opt/ssa-triton/deploy/task.sh"] and command[3:] == ["3", env["SSA_SHARDS"]]
+    assert (ROOT / "deploy" / "task.sh").is_file() and re.search(r"^COPY deploy \./deploy$",
+                                                                  (ROOT / "Dockerfile").read_text(), re.M)
+    assert env["SSA_SERVER"] == "url" and env["SSA_URL"] == "127.0.0.1:8001"
+    assert float(env["SSA_GRACE"]) + 30 <= pod["terminationGracePeriodSeconds"]
+    args = build_parser().parse_args(["annotate", "--data", env["SSA_DATA"], "--out_dir", env["SSA_OUT"],
+                                      *env["SSA_ARGS"].split(), "--grace", env["SSA_GRACE"]])
+    assert args.in_flight == 8 and args.grace == 20
 
 
 def test_gpu_target_serves_tensorrt_plans_where_built(tiny_profile, tiny_export, tmp_path):
