@@ -121,7 +121,9 @@ def task_of(key: str, count: int) -> int:
 
 
 def _is_image(name: str) -> bool:
-    return PurePosixPath(name).suffix.lower() in IMAGE_SUFFIXES and not PurePosixPath(name).name.startswith(".")
+    """An input image (not hidden, not this tool's `<stem>_semantic.png` picture of an earlier run)."""
+    path = PurePosixPath(name)
+    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".") and not path.stem.endswith("_semantic")
 
 
 def _is_input_json(name: str) -> bool:

@@ -143,3 +143,15 @@ def test_status_and_merge_count_a_run_from_its_files(tmp_path):
     (out / "failures.json").write_text(json.dumps(failures + [{"file": str(data / "two" / "e.jpg"), "reason": "x"}]))
     status, _, left_path = merge(out, [data], None)
     assert status.total.left == 0 and left_path is None and not (out / "left.txt").exists()
+
+
+def test_output_folder_inside_the_input_and_link_loops_are_not_walked(tmp_path):
+    data = tmp_path / "photos"
+    touch_image(data / "a.jpg")
+    touch_image(data / "out" / "photos" / "a_semantic.png", annotations=False)  # an earlier run's picture
+    touch_image(data / "sub" / "b.jpg")
+    (data / "sub" / "loop").symlink_to(data)  # a link back up: walked once, not forever
+    touch_image(data / "out" / "photos" / "a.jpg")  # a copy of an input in the output folder
+    assert keys([data]) == ["photos/a", "photos/out/photos/a", "photos/sub/b"]  # the picture is no input
+    found = [item.key for listing in listings([data], exclude=(data / "out",)) for item in listing.items]
+    assert found == ["photos/a", "photos/sub/b"]

@@ -500,3 +500,23 @@ def test_two_inputs_with_the_same_stems_get_their_own_outputs(server, example_di
     for split in ("train", "val"):
         got = {p.name: p.read_bytes() for p in (tmp_path / "out" / split).glob("*_semantic.json")}
         assert got == outputs(folder_run[0])
+
+
+def test_a_signal_while_waiting_for_the_servers_stops_at_once(tmp_path, example_dir):
+    """SIGTERM before any server is ready (a task preempted while its server starts): exit 75 at
+    once, not after --retry_limit."""
+    cmd = [sys.executable, "-m", "ssa", "annotate", "--data", str(example_dir), "--out_dir", str(tmp_path / "out"),
+           "--url", f"127.0.0.1:{free_port()}", "--retry_limit", "300"]
+    log = tmp_path / "runner.log"
+    runner = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while "retrying for up to" not in log.read_text():  # waiting for the server
+            assert time.monotonic() < deadline and runner.poll() is None, log.read_text()
+            time.sleep(0.1)
+        runner.send_signal(signal.SIGTERM)
+        runner.wait(30)
+    finally:
+        runner.kill() if runner.poll() is None else None
+    text = log.read_text()
+    assert runner.returncode == 75 and "before the servers were ready" in text, text
