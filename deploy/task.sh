@@ -21,6 +21,8 @@
 #   SSA_ARGS        more arguments for ssa annotate (e.g. "--in_flight 8 --save_img")
 #   SSA_GRACE       seconds the requests in flight get after SIGTERM (ssa annotate --grace; default 20)
 #   SSA_READY_TIMEOUT  seconds to wait for the server to become ready (default 900)
+#   SSA_PYTHON      the Python that has the ssa package, e.g. the project's .venv on the shared
+#                   file system (default python3); it runs the runner (and the embedded server)
 #
 # Signals: SIGTERM / SIGINT to this script (Slurm's `--signal=B:TERM@...`, `scancel --signal=TERM
 # --batch`, Kubernetes' pod termination) are passed to the runner only, which drains: no new
