@@ -189,8 +189,16 @@ def light_profile(tiny_profile, tmp_path_factory) -> Path:
 
     from ssa.profiles import build_profile
 
-    assert os.environ.get("HF_HUB_OFFLINE") == "1"
     snapshot = hub_snapshot(tiny_profile, tmp_path_factory.mktemp("snapshot"))
-    out = build_profile("light", tmp_path_factory.mktemp("models") / "light", snapshot_dir=snapshot, log=lambda m: None)
+    saved = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"  # as on a GPU node without internet, whatever the caller's setting
+    try:
+        out = build_profile("light", tmp_path_factory.mktemp("models") / "light", snapshot_dir=snapshot,
+                            log=lambda m: None)
+    finally:
+        if saved is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = saved
     shutil.rmtree(snapshot)
     return out
