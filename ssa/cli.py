@@ -240,7 +240,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
         print(f"COCO file: {coco}")
     if args.data:
         if left:
-            print(f"{len(status.left)} images neither done nor failed, listed in {left} (rerun the tasks to "
+            print(f"{status.total.left} images neither done nor failed, listed in {left} (rerun the tasks to "
                   f"finish them)", file=sys.stderr)
             return 1
         print("every image is done or failed")

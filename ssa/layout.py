@@ -16,8 +16,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -111,15 +112,14 @@ class Counts:
 class Status:
     """How far a run has got. `by_folder`: per input folder or tar shard (its output folder);
     `by_task`: per `--shard i/N` task (when N is known); `other_failures`: failed files that are
-    not an image of the inputs (a damaged tar, a JSON with no image); `left`: the items neither
-    done nor failed (with inputs)."""
+    not an image of the inputs (a damaged tar, a JSON with no image). The images left are
+    counted, not kept (a fresh SA-1B run has 11 million): `run_status(on_left=...)` sees each."""
 
     by_folder: dict[str, Counts] = field(default_factory=dict)
     by_task: dict[int, Counts] = field(default_factory=dict)
     total: Counts = field(default_factory=Counts)
     failures: list[dict[str, str]] = field(default_factory=list)
     other_failures: list[dict[str, str]] = field(default_factory=list)
-    left: list[Item] = field(default_factory=list)
     tasks: int | None = None
     with_inputs: bool = False
 
@@ -137,10 +137,11 @@ def merged_failures(out_dir: str | Path) -> list[dict[str, str]]:
     return sorted(out, key=lambda e: (e["file"], e["reason"]))
 
 
-def run_status(out_dir: str | Path, inputs: list[str | Path] | None = None, tasks: int | None = None) -> Status:
+def run_status(out_dir: str | Path, inputs: list[str | Path] | None = None, tasks: int | None = None,
+               on_left: Callable[[Item], None] | None = None) -> Status:
     """The run's progress from its files. With `inputs`, every image of them is counted done
-    (its output exists), failed (named in a failures file) or left; without, the outputs found and
-    the failures only (what is left is unknown)."""
+    (its output exists), failed (named in a failures file) or left (`on_left` is called with
+    each); without, the outputs found and the failures only (what is left is unknown)."""
     out_dir = Path(out_dir)
     files = failures_files(out_dir)
     status = Status(failures=merged_failures(out_dir), tasks=tasks or task_count(files), with_inputs=bool(inputs))
@@ -152,15 +153,15 @@ def run_status(out_dir: str | Path, inputs: list[str | Path] | None = None, task
             status.total.done += 1
         status.total.failed = len(status.failures)
         return status
-    image_files: set[str] = set()
+    matched: set[str] = set()  # failed files that are an image of the inputs or its JSON (at most the failures)
     for listing in listings(inputs, exclude=(out_dir,)):
-        _count_listing(listing, out_dir, failed_files, image_files, status)
-    status.other_failures = [e for e in status.failures if e["file"] not in image_files]
+        _count_listing(listing, out_dir, failed_files, matched, status, on_left)
+    status.other_failures = [e for e in status.failures if e["file"] not in matched]
     return status
 
 
-def _count_listing(listing: Listing, out_dir: Path, failed_files: set[str], image_files: set[str],
-                   status: Status) -> None:
+def _count_listing(listing: Listing, out_dir: Path, failed_files: set[str], matched: set[str],
+                   status: Status, on_left: Callable[[Item], None] | None) -> None:
     counts = status.by_folder.setdefault(listing.folder, Counts())
     seen = set()
     for item in listing.items:
@@ -168,14 +169,15 @@ def _count_listing(listing: Listing, out_dir: Path, failed_files: set[str], imag
             continue
         seen.add(item.key)
         names = {str(item.image)} | ({str(item.annotations)} if item.annotations is not None else set())
-        image_files.update(names)
+        failed = names & failed_files
+        matched.update(failed)
         one = Counts(images=1)
         if output_paths(out_dir, item.key)[0].exists():
             one.done = 1
-        elif names & failed_files:
+        elif failed:
             one.failed = 1
-        else:
-            status.left.append(item)
+        elif on_left is not None:
+            on_left(item)
         counts.add(one)
         status.total.add(one)
         if status.tasks:
@@ -214,22 +216,31 @@ def merge(out_dir: str | Path, inputs: list[str | Path] | None, coco_path: str |
     outputs into one COCO file (`coco_path`, when given), and with `inputs` the images neither done
     nor failed into `<out_dir>/left.txt` (one image per line; removed when none is left).
     Returns (status, the failures file or None, the left file or None)."""
-    from ssa.atomic import write_bytes_atomic, write_json_atomic
+    from ssa.atomic import file_mode, write_json_atomic
 
     out_dir = Path(out_dir)
-    status = run_status(out_dir, inputs)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    left_path = out_dir / LEFT_FILE
+    fd, tmp = tempfile.mkstemp(prefix=f".{LEFT_FILE}.", suffix=".part", dir=out_dir)
+    try:  # the images left are written as they are found, never all held (and the file is whole or absent)
+        with os.fdopen(fd, "w", encoding="utf-8") as left:
+            status = run_status(out_dir, inputs, on_left=lambda item: left.write(f"{item.image}\n"))
+        if status.total.left:
+            os.chmod(tmp, file_mode())
+            os.replace(tmp, left_path)
+        else:
+            os.unlink(tmp)
+            left_path.unlink(missing_ok=True)
+            left_path = None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     failures_path = out_dir / MERGED_FAILURES
     if status.failures:
         write_json_atomic(failures_path, status.failures)
     else:
         failures_path.unlink(missing_ok=True)
         failures_path = None
-    left_path = out_dir / LEFT_FILE
-    if status.left:
-        write_bytes_atomic(left_path, "".join(f"{item.image}\n" for item in status.left).encode("utf-8"))
-    else:
-        left_path.unlink(missing_ok=True)
-        left_path = None
     if coco_path is not None:
         from ssa.coco import export_coco
 
