@@ -151,13 +151,22 @@ def folder_listing(data_dir: str | Path, folder: str = "") -> Listing:
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise FileNotFoundError(f"{data_dir}: no such folder")
+    with os.scandir(data_dir) as scan:
+        entries = sorted(scan, key=lambda e: e.name)
+    return _folder_listing(data_dir, entries, folder)
+
+
+def _folder_listing(data_dir: Path, entries: list[os.DirEntry], folder: str) -> Listing:
+    """`folder_listing` from the folder's entries, read once (sorted by name)."""
+    files = {e.name for e in entries if e.is_file()}
     items, jsons = [], []
-    for path in sorted(data_dir.iterdir()):
-        if _is_image(path.name) and path.is_file():
+    for name in sorted(files):
+        path = data_dir / name
+        if _is_image(name):
             ann = path.with_suffix(".json")
-            items.append(Item(path.stem, path, ann if ann.is_file() else None, _join(folder, path.stem)))
-        elif _is_input_json(path.name) and path.is_file():
-            jsons.append(path.name)
+            items.append(Item(path.stem, path, ann if ann.name in files else None, _join(folder, path.stem)))
+        elif _is_input_json(name):
+            jsons.append(name)
     return Listing(str(data_dir), items, None,
                    _orphans(jsons, [i.image.name for i in items], lambda n: data_dir / n), folder)
 
@@ -277,11 +286,12 @@ def _walk(path: Path, folder: str, shard: Shard | None, excluded: set[str], seen
         return
     seen.add(real)
     try:
-        entries = sorted(os.scandir(path), key=lambda e: e.name)
+        with os.scandir(path) as scan:
+            entries = sorted(scan, key=lambda e: e.name)
     except OSError as exc:
         yield Listing(str(path), [], InputError(f"cannot read folder ({exc.strerror or exc})", path), folder=folder)
         return
-    yield folder_listing(path, folder)
+    yield _folder_listing(path, entries, folder)  # the folder is read once for its images, tars and sub-folders
     subfolders = {e.name for e in entries if not e.name.startswith(".") and e.is_dir()}
     for entry in entries:
         if entry.name.endswith(TAR_SUFFIX) and not entry.name.startswith(".") and entry.is_file():
