@@ -211,26 +211,28 @@ def cmd_annotate(args: argparse.Namespace) -> int:
     return EXIT_FAILURES if summary.failures else 0
 
 
-def cmd_status(args: argparse.Namespace) -> int:
+def check_run(args: argparse.Namespace) -> None:
+    """The --out_dir and --data of `add_run`: FileNotFoundError / ValueError before any work."""
     from ssa.dataset import check_inputs
-    from ssa.layout import format_status, run_status
 
     if not args.out_dir.is_dir():
         raise FileNotFoundError(f"{args.out_dir}: no such folder")
     if args.data:
         check_inputs(args.data)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from ssa.layout import format_status, run_status
+
+    check_run(args)
     print(format_status(run_status(args.out_dir, args.data, args.tasks)))
     return 0
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from ssa.dataset import check_inputs
     from ssa.layout import format_status, merge
 
-    if not args.out_dir.is_dir():
-        raise FileNotFoundError(f"{args.out_dir}: no such folder")
-    if args.data:
-        check_inputs(args.data)
+    check_run(args)
     coco = None if args.no_coco else (args.coco or args.out_dir / "coco.json")
     status, failures, left = merge(args.out_dir, args.data, coco)
     print(format_status(status))
@@ -256,6 +258,13 @@ def cmd_coco(args: argparse.Namespace) -> int:
     for f in result.failures:
         print(f"  {f['file']}: {f['reason']}", file=sys.stderr)
     return 1 if result.failures else 0
+
+
+def add_run(parser: argparse.ArgumentParser, data_use: str) -> None:
+    """--out_dir and --data of a finished or running `ssa annotate` run (status, merge)."""
+    parser.add_argument("--out_dir", type=Path, required=True, help="the run's output folder")
+    parser.add_argument("--data", "--data_dir", dest="data", type=Path, nargs="+", default=None, metavar="PATH",
+                        help=f"the run's inputs, as given to ssa annotate ({data_use})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -370,9 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "run, and after): per input folder or tar shard, per task (--shard i/N, from "
                                    "the failures files' names or --tasks), and in all. With --data, also what "
                                    "is left (every image of the inputs neither done nor failed).")
-    p.add_argument("--out_dir", type=Path, required=True, help="the run's output folder")
-    p.add_argument("--data", "--data_dir", dest="data", type=Path, nargs="+", default=None, metavar="PATH",
-                   help="the run's inputs, as given to ssa annotate (to count what is left)")
+    add_run(p, "to count what is left")
     p.add_argument("--tasks", type=int, default=None, metavar="N",
                    help="the run's task count (--shard i/N), for the per-task rows (default: from the failures files)")
     p.set_defaults(func=cmd_status)
@@ -382,9 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "task's failures into <out_dir>/failures_all.json (once each), every output "
                                    "into one COCO instances file, and with --data the images neither done nor "
                                    "failed into <out_dir>/left.txt. Exit status 1 when images are left.")
-    p.add_argument("--out_dir", type=Path, required=True, help="the run's output folder")
-    p.add_argument("--data", "--data_dir", dest="data", type=Path, nargs="+", default=None, metavar="PATH",
-                   help="the run's inputs, as given to ssa annotate (to find what is left)")
+    add_run(p, "to find what is left")
     p.add_argument("--coco", type=Path, default=None, metavar="FILE",
                    help="the COCO file to write (default <out_dir>/coco.json)")
     p.add_argument("--no_coco", action="store_true", help="write no COCO file (for SA-1B: export shards with ssa coco)")
