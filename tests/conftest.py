@@ -90,21 +90,17 @@ def server(repositories, tmp_path_factory):
 # Reconstructed from the published files' fields as transformers' processors read them (their
 # `__init__` arguments and the conversion scripts' settings: OneFormer's pixel mean / std are its
 # detectron2 config's 123.675 ... / 58.395 ... divided by 255).
+_ONEFORMER_PUBLISHED = {
+    "do_normalize": True, "do_reduce_labels": False, "do_resize": True, "ignore_index": 255,
+    "image_mean": [0.48500001430511475, 0.4560000002384186, 0.4059999883174896],
+    "image_std": [0.2290000021457672, 0.2239999920129776, 0.22499999403953552],
+    "image_processor_type": "OneFormerImageProcessor", "max_seq_length": 77, "num_text": 134,
+    "processor_class": "OneFormerProcessor", "repo_path": "shi-labs/oneformer_demo", "resample": 2, "task_seq_length": 77}
 HUB_PREPROCESSOR = {
-    "oneformer_coco": {
-        "class_info_file": "coco_panoptic.json", "do_normalize": True, "do_reduce_labels": False, "do_resize": True,
-        "ignore_index": 255, "image_mean": [0.48500001430511475, 0.4560000002384186, 0.4059999883174896],
-        "image_std": [0.2290000021457672, 0.2239999920129776, 0.22499999403953552],
-        "image_processor_type": "OneFormerImageProcessor", "max_seq_length": 77, "num_labels": 133, "num_text": 134,
-        "processor_class": "OneFormerProcessor", "repo_path": "shi-labs/oneformer_demo", "resample": 2,
-        "size": {"longest_edge": 1333, "shortest_edge": 800}, "task_seq_length": 77},
-    "oneformer_ade20k": {
-        "class_info_file": "ade20k_panoptic.json", "do_normalize": True, "do_reduce_labels": False, "do_resize": True,
-        "ignore_index": 255, "image_mean": [0.48500001430511475, 0.4560000002384186, 0.4059999883174896],
-        "image_std": [0.2290000021457672, 0.2239999920129776, 0.22499999403953552],
-        "image_processor_type": "OneFormerImageProcessor", "max_seq_length": 77, "num_labels": 150, "num_text": 134,
-        "processor_class": "OneFormerProcessor", "repo_path": "shi-labs/oneformer_demo", "resample": 2,
-        "size": {"longest_edge": 2048, "shortest_edge": 512}, "task_seq_length": 77},
+    "oneformer_coco": {**_ONEFORMER_PUBLISHED, "class_info_file": "coco_panoptic.json", "num_labels": 133,
+                       "size": {"longest_edge": 1333, "shortest_edge": 800}},
+    "oneformer_ade20k": {**_ONEFORMER_PUBLISHED, "class_info_file": "ade20k_panoptic.json", "num_labels": 150,
+                         "size": {"longest_edge": 2048, "shortest_edge": 512}},
     "blip": {
         "do_normalize": True, "do_resize": True, "image_mean": [0.48145466, 0.4578275, 0.40821073],
         "image_processor_type": "BlipImageProcessor", "image_std": [0.26862954, 0.26130258, 0.27577711],

@@ -186,9 +186,10 @@ def copied_examples(example_dir, tmp_path_factory) -> Path:
     return data
 
 
-def start_runner(data: Path, out: Path, url: str, retry_limit: float, log: Path) -> subprocess.Popen:
+def start_runner(data: Path, out: Path, url: str, retry_limit: float, log: Path, *options: str) -> subprocess.Popen:
+    """`ssa annotate` in a process of its own (2 in flight unless `options` say otherwise), its output to `log`."""
     cmd = [sys.executable, "-m", "ssa", "annotate", "--data", str(data), "--out_dir", str(out), "--url", url,
-           "--in_flight", "2", "--retry_limit", str(retry_limit)]
+           "--in_flight", "2", "--retry_limit", str(retry_limit), *options]
     return subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT,
                             env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"})
 
@@ -435,12 +436,8 @@ def test_sigterm_drains_the_requests_in_flight_and_a_rerun_resumes(server, copie
     """SIGTERM with requests in flight: no new image is taken, those in flight finish and are
     written, the failures file and the summary are written, exit 75; a rerun finishes the rest and
     the outputs equal an uninterrupted run's byte for byte."""
-    out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "ssa", "annotate", "--data", str(copied_examples), "--out_dir", str(out),
-           "--url", server.url, "--in_flight", "3", "--grace", "120"]
-    log = tmp_path / "runner.log"
-    runner = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT,
-                              env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"})
+    out, log = tmp_path / "out", tmp_path / "runner.log"
+    runner = start_runner(copied_examples, out, server.url, 300, log, "--in_flight", "3", "--grace", "120")
     try:
         watch_until(out, lambda: len(outputs(out)) >= 2)
         at_signal = len(outputs(out))
@@ -465,12 +462,8 @@ def test_sigterm_drains_the_requests_in_flight_and_a_rerun_resumes(server, copie
 
 
 def test_a_second_signal_stops_at_once_with_nothing_half_written(server, copied_examples, folder_run, tmp_path):
-    out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "ssa", "annotate", "--data", str(copied_examples), "--out_dir", str(out),
-           "--url", server.url, "--in_flight", "2", "--grace", "600"]
-    log = tmp_path / "runner.log"
-    runner = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT,
-                              env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"})
+    out, log = tmp_path / "out", tmp_path / "runner.log"
+    runner = start_runner(copied_examples, out, server.url, 300, log, "--grace", "600")
     try:
         watch_until(out, lambda: len(outputs(out)) >= 1)
         runner.send_signal(signal.SIGINT)  # Ctrl-C
@@ -505,10 +498,8 @@ def test_two_inputs_with_the_same_stems_get_their_own_outputs(server, example_di
 def test_a_signal_while_waiting_for_the_servers_stops_at_once(tmp_path, example_dir):
     """SIGTERM before any server is ready (a task preempted while its server starts): exit 75 at
     once, not after --retry_limit."""
-    cmd = [sys.executable, "-m", "ssa", "annotate", "--data", str(example_dir), "--out_dir", str(tmp_path / "out"),
-           "--url", f"127.0.0.1:{free_port()}", "--retry_limit", "300"]
     log = tmp_path / "runner.log"
-    runner = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    runner = start_runner(example_dir, tmp_path / "out", f"127.0.0.1:{free_port()}", 300, log)
     try:
         deadline = time.monotonic() + 60
         while "retrying for up to" not in log.read_text():  # waiting for the server
