@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from client.runner import RunnerConfig, annotate_dataset
+from model_repository.server import free_port
 from ssa.dataset import Shard, listings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,12 +40,6 @@ def _need_slurm() -> None:
         if os.environ.get("SSA_REQUIRE_SLURM") == "1":
             pytest.fail(f"SSA_REQUIRE_SLURM=1 but {problem}")
         pytest.skip(problem)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -87,7 +82,7 @@ def slurm(tmp_path_factory):
         f"StateSaveLocation={root / 'state'}", f"SlurmdSpoolDir={root / 'spool'}",
         f"SlurmctldPidFile={root / 'slurmctld.pid'}", f"SlurmdPidFile={root / 'slurmd.pid'}",
         f"SlurmctldLogFile={root / 'log' / 'slurmctld.log'}", f"SlurmdLogFile={root / 'log' / 'slurmd.log'}",
-        f"SlurmctldPort={_free_port()}", f"SlurmdPort={_free_port()}",
+        f"SlurmctldPort={free_port()}", f"SlurmdPort={free_port()}",
         "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none", "JobAcctGatherType=jobacct_gather/none",
         "SchedulerType=sched/backfill", "SelectType=select/cons_tres", "SelectTypeParameters=CR_Core",
         "ReturnToService=2", "KillWait=30", "MinJobAge=600",
