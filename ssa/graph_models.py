@@ -8,6 +8,7 @@ tensor names of the export specs (`export/specs.py`); nothing passes through hos
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 
 import torch
@@ -46,11 +47,14 @@ def chunked(fn: TensorFn, inputs: dict[str, torch.Tensor], rows: int) -> dict[st
 
 class BlipCaptioner:
     """Greedy BLIP captions from image embeddings with the prefill + step (key/value cache)
-    graphs; the cache stays where the graphs put it (the device) from step to step."""
+    graphs; the cache stays where the graphs put it (the device) from step to step. One decode at
+    a time: the prefill's outputs may be borrowed from its graph (`ssa.openvino_models`: valid
+    until the graph's next call), so the next prefill waits for the decode that reads them."""
 
     def __init__(self, prefill: TensorFn, step: TensorFn, bos_token_id: int, eos_token_id: int,
                  pad_token_id: int, layers: int):
         self.prefill_fn, self.step_fn = prefill, step
+        self._lock = threading.Lock()
         self.bos, self.eos, self.pad = bos_token_id, eos_token_id, pad_token_id
         self.self_names = [f"{kv}_{i}" for i in range(layers) for kv in ("key", "value")]
 
@@ -68,7 +72,8 @@ class BlipCaptioner:
         return out["logits"], state
 
     def __call__(self, image_embeds: torch.Tensor, max_length: int) -> torch.Tensor:
-        return greedy_decode(self._prefill, self._step, image_embeds, self.bos, self.eos, self.pad, max_length)
+        with self._lock:
+            return greedy_decode(self._prefill, self._step, image_embeds, self.bos, self.eos, self.pad, max_length)
 
 
 class GraphModels:
@@ -78,20 +83,26 @@ class GraphModels:
     graphs "blip_text_prefill" and "blip_text_step" (the decoding loop then runs here).
 
     max_rows: rows per call at most (a server's max_batch_size); None for no limit beyond the
-    engine's own batch size.
+    engine's own batch size. model_rows: a different limit for some models (on the CPU the caption
+    loop takes 32 rows a request where the image towers take 8).
     """
 
     def __init__(self, fns: dict[str, TensorFn], metadata: dict, processors: Processors, device: torch.device,
-                 max_rows: int | None = None):
-        self.fns, self.device, self.max_rows = fns, device, max_rows
+                 max_rows: int | None = None, model_rows: dict[str, int] | None = None):
+        self.fns, self.device, self.max_rows, self.model_rows = fns, device, max_rows, dict(model_rows or {})
         self.clip_logit_scale = float(metadata["clip_logit_scale"])
         if "blip_caption" not in fns:
             self.captioner = BlipCaptioner(fns["blip_text_prefill"], fns["blip_text_step"], **metadata["blip"])
         self.clip_names = TextEmbeddingCache(processors.clip_text, self._encoder("clip_text", "text_embeds"))
         self.clipseg_names = TextEmbeddingCache(processors.clipseg_text, self._encoder("clipseg_text", "cond"))
 
+    def rows_limit(self, model: str, rows: int | None = None) -> int | None:
+        """Rows per call of `model` at most: the caller's `rows` within the model's limit."""
+        limits = [r for r in (rows, self.model_rows.get(model, self.max_rows)) if r]
+        return min(limits) if limits else None
+
     def run(self, model: str, rows: int | None = None, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
-        limit = min(r for r in (rows, self.max_rows) if r) if (rows or self.max_rows) else None
+        limit = self.rows_limit(model, rows)
         return chunked(self.fns[model], inputs, limit) if limit else self.fns[model](inputs)
 
     def _encoder(self, model: str, output: str):

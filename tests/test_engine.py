@@ -4,6 +4,8 @@ moves between host and device memory."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -115,6 +117,30 @@ def test_the_caption_cache_stays_where_the_graphs_wrote_it(tiny_export, processo
     embeds = torch.randn(4, *models.run("blip_vision", pixel_values=torch.zeros(1, 3, 384, 384))["image_embeds"].shape[1:])
     models.captioner(embeds, 6)
     assert checked, "no step ran with an unchanged batch"
+
+
+def test_rows_per_call_follow_each_models_limit(tiny_export, processors):
+    """max_rows bounds every model's calls, model_rows one model's own (the CPU server sends the
+    caption loop 32 rows a request and the image towers 8); a caller's smaller `rows` wins."""
+    from ssa.graph_models import GraphModels
+
+    seen: dict[str, list[int]] = {}
+
+    def fn(name):
+        def run(inputs):
+            seen.setdefault(name, []).append(inputs["x"].shape[0])
+            return {"y": inputs["x"]}
+        return run
+
+    meta = json.loads((tiny_export / "manifest.json").read_text())["metadata"]
+    models = GraphModels({n: fn(n) for n in ("clip_text", "clipseg_text", "blip_caption", "clip_image")}, meta,
+                         processors, torch.device("cpu"), max_rows=8, model_rows={"blip_caption": 32})
+    x = torch.arange(70)
+    for name in ("blip_caption", "clip_image"):
+        assert torch.equal(models.run(name, x=x)["y"], x)
+    models.run("blip_caption", 5, x=x)
+    assert seen == {"blip_caption": [32, 32, 6] + [5] * 14, "clip_image": [8] * 8 + [6]}
+    assert models.rows_limit("blip_caption") == 32 and models.rows_limit("clip_image", 3) == 3
 
 
 def test_noun_phrases_batched_without_unneeded_components_equal_the_full_pipeline():

@@ -109,6 +109,93 @@ def test_precision_specs_and_what_each_backend_refuses(tiny_export):
         precision_plan("tensorflow", None, names)
 
 
+def test_bf16_bits_round_as_torch_does():
+    from ssa.openvino_models import bf16_bits
+
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.standard_normal(10_000).astype(np.float32) * 100,
+                             # exact ties (lower 16 bits 0x8000), odd and even upper halves, and zeros
+                             (np.arange(1, 200, dtype=np.uint32) << 16 | 0x8000).view(np.float32),
+                             np.array([0.0, -0.0, 1.0, -3.5], np.float32)])
+    torch = pytest.importorskip("torch")
+    expected = torch.from_numpy(values).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+    assert np.array_equal(bf16_bits(values), expected)
+
+
+def _caption_inputs(tiny_export, rows: int, seed: int):
+    import torch
+
+    spec = json.loads((tiny_export / "manifest.json").read_text())["models"]["blip_text_prefill"]
+    dims = next(t["dims"] for t in spec["inputs"] if t["name"] == "image_embeds")
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(rows, *dims[1:], generator=generator)
+
+
+def test_caption_cache_crosses_in_bf16_and_is_borrowed(tiny_export):
+    """The caption loop's cross-attention cache: in bf16 it leaves the prefill as bf16 and the step
+    reads it so (half the bytes), with logits exactly those of the f32 hand-over (the graphs round
+    it to bf16 either way); in fp32 it stays f32. Either way it is borrowed from the prefill's
+    request (no copy) and every other output is the caller's own copy."""
+    import torch
+
+    from ssa.openvino_models import caption_graphs, graph_function
+
+    files = (tiny_export / "blip_text_prefill.onnx", tiny_export / "blip_text_step.onnx")
+    embeds, ids = _caption_inputs(tiny_export, 3, 0), torch.zeros(3, 1, dtype=torch.int64)
+
+    def prefill_then_step(prefill, step):
+        out = prefill({"input_ids": ids, "image_embeds": embeds})
+        feed = {"input_ids": ids, **{k: v for k, v in out.items() if k.startswith("cross_")},
+                **{"past_" + k[len("present_"):]: v for k, v in out.items() if k.startswith("present_")}}
+        return out, step(feed)
+
+    for precision in ("fp32", "bf16"):
+        prefill, step = caption_graphs(*files, 2, precision)
+        out, logits = prefill_then_step(prefill, step)
+        bf16 = precision == "bf16" and cpu_has_bf16()
+        cross = {k: v for k, v in out.items() if k.startswith("cross_")}
+        assert cross and all(v.dtype == (torch.bfloat16 if bf16 else torch.float32) for v in cross.values())
+        assert out["logits"].dtype == logits["logits"].dtype == torch.float32
+        plain = [graph_function(OpenVinoGraph(f, 2, precision)) for f in files]  # f32 in and out, all copied
+        plain_out, plain_logits = prefill_then_step(*plain)
+        assert torch.equal(logits["logits"], plain_logits["logits"])
+        assert all(torch.equal(v.float(), plain_out[k]) for k, v in cross.items())
+    graph = OpenVinoGraph(files[0], 2, "bf16", bf16_io=("cross_",), borrow=("cross_",))
+    assert graph.borrowed == {n for n in graph.outputs if n.startswith("cross_")} != set()
+    first = graph({"input_ids": ids.numpy(), "image_embeds": embeds.numpy()})
+    kept = {n: first[n].copy() for n in graph.outputs if n not in graph.borrowed}
+    graph({"input_ids": ids.numpy(), "image_embeds": (embeds * 2).numpy()})
+    assert all(np.array_equal(first[n], kept[n]) for n in kept)  # copies: the next call left them alone
+
+
+def test_captions_decoded_in_threads_equal_sequential_ones(tiny_export):
+    """The prefill's borrowed cache is overwritten by its next call, so one captioner decodes one
+    batch at a time: decodes from four threads at once give the captions decoded one by one."""
+    import threading
+
+    from ssa.graph_models import BlipCaptioner
+    from ssa.openvino_models import caption_graphs
+
+    meta = json.loads((tiny_export / "manifest.json").read_text())["metadata"]["blip"]
+    captioner = BlipCaptioner(*caption_graphs(tiny_export / "blip_text_prefill.onnx",
+                                              tiny_export / "blip_text_step.onnx", 1, "bf16"), **meta)
+    batches = [_caption_inputs(tiny_export, rows, seed) for seed, rows in enumerate((2, 3, 1, 4))]
+    expected = [captioner(b, 12) for b in batches]
+    got: dict[int, list] = {}
+
+    def decode(i):
+        got[i] = [captioner(batches[i], 12) for _ in range(3)]
+
+    threads = [threading.Thread(target=decode, args=(i,)) for i in range(len(batches))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    import torch
+
+    assert all(torch.equal(ids, expected[i]) for i in range(len(batches)) for ids in got[i])
+
+
 def test_compiled_graphs_are_cached_on_disk(tiny_export, tmp_path):
     path = tiny_export / "clip_image.onnx"
     first = compile_graph(path, 2, "fp32", tmp_path / "cache")

@@ -162,7 +162,10 @@ def test_gpu_configs_parse_and_agree_with_cpu(repositories):
     assert engine_gpu.instance_group[0].count == 2 and engine_cpu.instance_group[0].count == 1
     assert engine_gpu.parameters["device"].string_value == "cuda"
     assert engine_cpu.parameters["device"].string_value == "cpu"
-    for key, on_gpu, on_cpu in (("images_in_progress", "2", "1"), ("concurrent_image_stage", "1", "0")):
+    # rows per sub-request: on the CPU 8 crops for the image towers, the caption loop its max_batch_size
+    for key, on_gpu, on_cpu in (("images_in_progress", "2", "1"), ("concurrent_image_stage", "1", "0"),
+                                ("sub_max_batch_size", "32", "8"),
+                                ("caption_max_batch_size", *[str(cpu["blip_caption"].max_batch_size)] * 2)):
         assert (engine_gpu.parameters[key].string_value, engine_cpu.parameters[key].string_value) == (on_gpu, on_cpu)
     for health in (gpu["ssa_health"], cpu["ssa_health"]):  # the probe runs on the CPU whatever the target
         assert health.backend == "python" and health.instance_group[0].kind == health.instance_group[0].KIND_CPU

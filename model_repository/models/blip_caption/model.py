@@ -7,7 +7,9 @@ target (parameter `runtime`), ONNX Runtime with I/O binding otherwise (CUDA prov
 target). The key/value cache is plain tensors the loop keeps and hands back to the step graph in
 place each token (OpenVINO `share_inputs`, ONNX Runtime I/O binding; device memory on a GPU): it
 never crosses a model boundary and is never copied (for BLIP-base the cross-attention cache alone
-is 42 MB per row, which a BLS call per token, or a copy per token, would move). Not OpenVINO's
+is 42 MB per row in f32, which a BLS call per token, or a copy per token, would move). On OpenVINO
+the prefill's cache is read where the prefill wrote it, and in bf16 it is bf16 (half the bytes;
+`ssa.openvino_models`). Not OpenVINO's
 stateful form: finished rows leave the batch between steps (`index_select` on the cache), which a
 state held inside the compiled model cannot do without a copy through its state API.
 The embeddings come in and the token ids go out by DLPack, on the device they arrive on.
@@ -30,11 +32,11 @@ def text_graphs(folder: Path, params: dict[str, str], device_id: int = 0):
     threads = int(params.get("intra_op_threads", "2"))
     names = ("blip_text_prefill", "blip_text_step")
     if params.get("runtime", "onnxruntime") == "openvino":
-        from ssa.openvino_models import OpenVinoGraph, graph_function
+        from ssa.openvino_models import caption_graphs
 
         cache = params.get("cache_dir", "openvino_cache")
-        return tuple(graph_function(OpenVinoGraph(folder / f"{n}.onnx", threads, params.get("precision", "fp32"),
-                                                  folder.parent / cache if cache else None)) for n in names)
+        return caption_graphs(*(folder / f"{n}.onnx" for n in names), threads, params.get("precision", "fp32"),
+                              folder.parent / cache if cache else None)
     from ssa.onnx_models import ort_session, session_function
 
     provider = params.get("execution_provider", "cpu")  # "cuda" in the gpu target

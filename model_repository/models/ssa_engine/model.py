@@ -55,7 +55,8 @@ class TritonModels(GraphModels):
         self.memory = pb_utils.PreferredMemory(kind, device.index or 0)
         fns = {name: self._function(name) for name in self.outputs}
         super().__init__(fns, {"clip_logit_scale": params["clip_logit_scale"]}, processors, device,
-                         max_rows=int(params.get("sub_max_batch_size", "32")))
+                         max_rows=int(params.get("sub_max_batch_size", "32")),
+                         model_rows={"blip_caption": int(params.get("caption_max_batch_size", "32"))})
 
     def _request(self, model: str, inputs: dict[str, torch.Tensor]):
         return pb_utils.InferenceRequest(
@@ -73,7 +74,7 @@ class TritonModels(GraphModels):
     async def _run_async(self, model: str, rows: int, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
         """Like `run`, every chunk of rows in flight together."""
         n = next(iter(inputs.values())).shape[0]
-        step = max(1, min(rows, self.max_rows))
+        step = max(1, self.rows_limit(model, rows))
         requests = [self._request(model, {k: v[i : i + step] for k, v in inputs.items()}) for i in range(0, n, step)]
         parts = [self._outputs(model, r) for r in await asyncio.gather(*(req.async_exec() for req in requests))]
         return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
