@@ -107,8 +107,8 @@ class GraphFlops:
         if name not in self._real:
             module, names = self._wrapper(name, meta=True)
             try:
-                self.memo[key] = count_flops(module, *[torch.empty(shapes[n], dtype=inputs[n].dtype, device="meta")
-                                                       for n in names])
+                self.memo[key] = count_flops(module, *[torch.empty(shapes[n], dtype=_traced(inputs[n].dtype),
+                                                                   device="meta") for n in names])
                 return self.memo[key]
             except (RuntimeError, NotImplementedError):  # a data-dependent step (.item())
                 self._real.add(name)
@@ -116,9 +116,16 @@ class GraphFlops:
         row_key = f"{name}:row:{json.dumps(sorted((k, s[1:]) for k, s in shapes.items()))}"
         if row_key not in self.memo:
             module, names = self._wrapper(name, meta=False)
-            self.memo[row_key] = count_flops(module, *[inputs[n][:1].detach().cpu() for n in names])
+            self.memo[row_key] = count_flops(module, *[inputs[n][:1].detach().cpu().to(_traced(inputs[n].dtype))
+                                                       for n in names])
         self.memo[key] = self.memo[row_key] * rows
         return self.memo[key]
+
+
+def _traced(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a wrapper was traced with for an input that arrives as `dtype`: float32 for the
+    bf16 tensors OpenVINO hands between graphs (the caption cache); FLOPs depend on shapes only."""
+    return torch.float32 if dtype == torch.bfloat16 else dtype
 
 
 def counting(models, flops: GraphFlops, into: dict[str, int]) -> None:

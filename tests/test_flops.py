@@ -75,6 +75,17 @@ def test_counting_ledger_on_the_engine(tiny_profile, tiny_export, example_dir, n
     stages = by_stage(totals[0])
     assert set(stages) == {"oneformer", "caption", "clip", "clipseg"} and all(v > 0 for v in stages.values())
     assert stage_of("blip_text_step") == "caption" and stage_of("clipseg_text") == "clipseg"
+    # bf16 (the preset): the caption cache goes from graph to graph as bf16 tensors, counted at the
+    # shapes the wrappers were traced with; the graphs whose calls do not depend on the captions
+    # count as in fp32
+    models = openvino_models(tiny_export, processors, precision=dict.fromkeys(
+        ("oneformer_coco", "oneformer_ade20k", "blip_vision", "blip_text_prefill", "blip_text_step",
+         "clip_image", "clipseg_visual"), "bf16"))
+    per_graph = {}
+    counting(models, GraphFlops(tiny_profile, tmp_path / "flops.json"), per_graph)
+    annotate_image(image, masks, models, processors, nlp=nlp)
+    same = ("oneformer_coco", "oneformer_ade20k", "blip_vision", "blip_text_prefill", "clip_image", "clipseg_visual")
+    assert {n: per_graph[n] for n in same} == {n: totals[0][n] for n in same} and per_graph["blip_text_step"] > 0
 
 
 def test_reference_stages_and_peak():
