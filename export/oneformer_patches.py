@@ -5,7 +5,9 @@ What bakes the example's size into the graph (transformers 5.24): the pixel deco
 feature sizes), a data-dependent check in the deformable attention, and Swin's size-dependent
 padding/cropping branches. Each replacement below is numerically the original code
 (arange(h) + 0.5 == linspace(0.5, h - 0.5, h) in float32; zero-size pads and full-size crops are
-no-ops) and is applied only inside `patch_oneformer_for_dynamic_hw()`. Every export checks the file
+no-ops) and is applied only inside `patch_oneformer_for_dynamic_hw()`. One more is for OpenVINO's
+sake: the transformer decoder's mask einsum written as the matmul PyTorch computes it (bit-identical
+in PyTorch). Every export checks the file
 against the unpatched model at image sizes other than the one traced (`export.core.check_model`).
 """
 
@@ -163,6 +165,27 @@ def _msda_forward(self, hidden_states, attention_mask=None, encoder_hidden_state
     return output, attention_weights
 
 
+def _forward_prediction_heads(self, output, mask_features, attention_mask_target_size):
+    """Copy of OneFormerTransformerDecoder.forward_prediction_heads with the mask einsum
+    ("bqc,bchw->bqhw") written as the batched matmul PyTorch runs it: the same products and sums.
+    Not for the size: ONNX's Einsum reaches OpenVINO as a broadcast and a layout copy of the whole
+    (256, H/4, W/4) mask-feature map, once per decoder layer (10 per image, about 0.6 s of 3.9 at
+    800 x 1066 with dynamic sizes, bf16); a MatMul reads the map where it is."""
+    decoder_output = self.decoder_norm(output)
+    decoder_output = decoder_output.transpose(0, 1)
+    outputs_class = self.class_embed(decoder_output)
+    mask_embed = self.mask_embed(decoder_output)
+    batch, _, height, width = mask_features.shape  # sizes read one by one: traced, not baked in
+    outputs_mask = torch.matmul(mask_embed, mask_features.flatten(2)).view(batch, -1, height, width)
+    attention_mask = nn.functional.interpolate(
+        outputs_mask, size=attention_mask_target_size, mode="bilinear", align_corners=False)
+    attention_mask = (
+        attention_mask.sigmoid().flatten(2).unsqueeze(1).repeat(1, self.num_heads, 1, 1).flatten(0, 1) < 0.5
+    ).bool()
+    attention_mask = attention_mask.detach()
+    return outputs_class, outputs_mask, attention_mask
+
+
 # ---- optional Swin patches (only needed for H/W that are NOT multiples of 32, or for an example size whose
 # ---- feature maps need no window padding). All are exact no-ops numerically (padding by 0 / slicing to full size).
 def _swin_patch_embeddings_maybe_pad(self, pixel_values, height, width):
@@ -210,13 +233,16 @@ def _swin_layer_forward(self, hidden_states, input_dimensions, always_partition=
 
 @contextlib.contextmanager
 def patch_oneformer_for_dynamic_hw(swin=True):
-    """Monkeypatch the three OneFormer code paths that bake H/W into the exported graph (export time only)."""
+    """Monkeypatch the OneFormer code paths that bake H/W into the exported graph, and the mask
+    einsum (export time only)."""
     saved = [
         (mo.OneFormerPixelDecoder, "forward", mo.OneFormerPixelDecoder.__dict__["forward"]),
         (mo.OneFormerPixelDecoderEncoderOnly, "get_reference_points",
          mo.OneFormerPixelDecoderEncoderOnly.__dict__["get_reference_points"]),
         (mo.OneFormerPixelDecoderEncoderMultiscaleDeformableAttention, "forward",
          mo.OneFormerPixelDecoderEncoderMultiscaleDeformableAttention.__dict__["forward"]),
+        (mo.OneFormerTransformerDecoder, "forward_prediction_heads",
+         mo.OneFormerTransformerDecoder.__dict__["forward_prediction_heads"]),
     ]
     if swin:
         saved += [(ms.SwinPatchEmbeddings, "maybe_pad", ms.SwinPatchEmbeddings.__dict__["maybe_pad"]),
@@ -228,6 +254,7 @@ def patch_oneformer_for_dynamic_hw(swin=True):
     mo.OneFormerPixelDecoder.forward = _pixel_decoder_forward
     mo.OneFormerPixelDecoderEncoderOnly.get_reference_points = staticmethod(_get_reference_points)
     mo.OneFormerPixelDecoderEncoderMultiscaleDeformableAttention.forward = _msda_forward
+    mo.OneFormerTransformerDecoder.forward_prediction_heads = _forward_prediction_heads
     try:
         yield
     finally:

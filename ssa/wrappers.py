@@ -23,7 +23,10 @@ class OneFormerSemanticScores(nn.Module):
         out = self.model(pixel_values=pixel_values, task_inputs=task_inputs, output_auxiliary_logits=False)
         classes = out.class_queries_logits.softmax(dim=-1)[..., :-1]
         masks = out.masks_queries_logits.sigmoid()
-        return torch.einsum("bqc,bqhw->bchw", classes, masks)
+        # the einsum "bqc,bqhw->bchw" as the batched matmul PyTorch computes for it (bit-identical):
+        # ONNX's Einsum reaches OpenVINO as a broadcast and a layout copy of the class x H x W map
+        batch, _, height, width = masks.shape  # sizes read one by one: traced, not baked in
+        return torch.matmul(classes.transpose(1, 2), masks.flatten(2)).view(batch, -1, height, width)
 
 
 def _normalise(x):

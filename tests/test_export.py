@@ -78,3 +78,34 @@ def test_export_prints_one_line_per_model(tiny_profile, tmp_path):
                               str(tiny_profile.parent), "--out", str(tmp_path / "onnx"), "--only", "clip_text",
                               "--verbose"], capture_output=True, text=True, cwd=Path(__file__).parents[1], timeout=600)
     assert verbose.returncode == 0 and "TracerWarning" in verbose.stderr
+
+
+def test_oneformer_mask_einsum_is_a_matmul(tiny_export):
+    """The export's mask head and the wrapper's class x mask product are the matmuls PyTorch computes
+    for their einsums (bit-identical), so the graph has no Einsum (OpenVINO's broadcast of the
+    mask features) and is otherwise checked above."""
+    import torch
+    from transformers.models.oneformer import modeling_oneformer as mo
+
+    from export.oneformer_patches import patch_oneformer_for_dynamic_hw
+
+    embed, features = torch.randn(2, 7, 16), torch.randn(2, 16, 9, 11)
+
+    class Heads(torch.nn.Module):  # the attributes forward_prediction_heads reads
+        num_heads = 2
+
+        def __init__(self):
+            super().__init__()
+            self.decoder_norm = torch.nn.LayerNorm(16)
+            self.class_embed = torch.nn.Linear(16, 5)
+            self.mask_embed = torch.nn.Linear(16, 16)
+
+    heads, queries = Heads(), embed.transpose(0, 1)
+    expected = mo.OneFormerTransformerDecoder.forward_prediction_heads(heads, queries, features, (5, 6))
+    with patch_oneformer_for_dynamic_hw():
+        got = mo.OneFormerTransformerDecoder.forward_prediction_heads(heads, queries, features, (5, 6))
+    assert all(torch.equal(a, b) for a, b in zip(expected, got))
+    for name in ("oneformer_coco", "oneformer_ade20k"):
+        graph = onnx.load(str(tiny_export / f"{name}.onnx"), load_external_data=False).graph
+        ops = {n.op_type for n in graph.node}
+        assert "Einsum" not in ops and "MatMul" in ops, name
