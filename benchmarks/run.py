@@ -14,7 +14,8 @@ masks, one run, with how far each stage is from the machine's limit.
    in this process (`ssa.flops`); labels and decisions are compared with the reference's;
 5. for the last configuration, sweeps requests in flight and masks per image (--scaling_masks; the
    reference there is extrapolated from its measured seconds per image and per mask);
-6. writes `result.json`, `table.md` and the plots (PNG + SVG) to --out, and prints the table.
+6. writes `result.json`, `table.md` and the plots (PNG + SVG) to --out, and prints the table
+   (`timings.json`, every timed figure, is written before the FLOP counting passes).
 
 Peak memory: the reference is this process; the client is the runner process; the server is the
 tritonserver process tree (sampled). Labels: every class_name and class_proposals compared; and
@@ -144,22 +145,14 @@ def run_reference(profile_dir: Path, data_dir: Path, repeats: int, device: str =
 
 
 def reference_flops(profile_dir: Path, data_dir: Path) -> dict:
-    """The reference's FLOPs per stage per image on `data_dir` (one untimed pass under FlopCounterMode)."""
+    """The reference's FLOPs per stage per image on `data_dir` (one untimed pass under FlopCounterMode,
+    as the GPU benchmark counts it)."""
+    from benchmarks.device import count_reference
     from ssa.dataset import folder_items
-    from ssa.flops import ReferenceFlops
-    from ssa.reference import TorchModels, annotate_image
     from ssa.runner import load_item
 
-    models = TorchModels.load(profile_dir)
-    for model in models.models.values():  # the counter's module tracker follows tensors that need grad
-        model.requires_grad_(False)
-    counter, images = ReferenceFlops(), 0
-    with counter.counter:
-        for item in folder_items(data_dir):
-            image, _doc, masks = load_item(item)
-            annotate_image(image, masks, models, timer=counter)
-            images += 1
-    return {s: counter.flops.get(s, 0) / images for s in MODEL_STAGES}
+    loaded = [(item, image, masks) for item in folder_items(data_dir) for image, _doc, masks in [load_item(item)]]
+    return count_reference(profile_dir, loaded, "cpu", None)
 
 
 def release_memory() -> None:
@@ -593,6 +586,9 @@ def main(argv: list[str] | None = None) -> int:
             point["ratio"] = point["reference_seconds_per_image"] / point["seconds_per_image"]
         engines[name] = result
 
+    # the timings first, so a failure in the counting passes below does not lose half an hour of runs
+    (out / "timings.json").write_text(json.dumps({"reference": reference, "engines": engines, "peaks": peaks},
+                                                 indent=2, default=str) + "\n")
     # FLOPs, after the timed runs, each count in its own process (untimed: the counter slows work)
     print("reference: FLOPs (untimed pass) ...", file=sys.stderr)
     reference["efficiency"] = efficiency(in_child(reference_flops, profile_dir, dirs["compare"]), ref_stages,
