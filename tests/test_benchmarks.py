@@ -97,8 +97,6 @@ def test_device_benchmark_on_the_cpu(tiny_profile, tmp_path, capsys):
                         str(tiny_profile.parent), "--images", "2", "--masks", "4", "--sam", "8", "--out", str(out)])
     assert code == 0
     result = json.loads((out / "result.json").read_text())
-    timings = json.loads((out / "timings.json").read_text())  # written before the counting passes
-    assert set(timings["engines"]) == set(result["engines"]) and timings["reference"]["runs_seconds"]
     masks = result["sample"]["masks"]
     assert result["sample"]["images"] == 2 and masks == sum(result["sample"]["masks_per_image"]) > 2
     agreement = result["agreement"]["fp32"]
