@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ssa import __version__
 from ssa.limits import parse_limit
+from ssa.openvino_models import CAPTION_GRAPHS, one_precision
 from ssa.params import EngineParams, SamParams
 
 MODELS_SRC = Path(__file__).parent / "models"
@@ -178,14 +179,6 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def _same(plan: dict[str, str], *names: str) -> str:
-    """The one precision of graphs that run in one model (blip_caption's two text graphs)."""
-    values = {plan[n] for n in names}
-    if len(values) != 1:
-        raise ValueError(f"{', '.join(names)} run in one model: give them one precision, got {plan}")
-    return values.pop()
-
-
 def runtime(target: str, backend: str, plan: dict[str, str] | None, export_dir: Path, graphs: list[str]) -> dict:
     """What runs the graphs, as asked (ssa_engine resolves it on its machine and records it in the outputs)."""
     if target == "gpu":
@@ -279,7 +272,7 @@ def generate_repository(export_dir: str | Path, profile_dir: str | Path, out_dir
         params={**thread_params, **device_tensors, **{k: str(v) for k, v in meta["blip"].items()},
                 "max_length": str(params.caption_max_length),
                 "execution_provider": "cuda" if target == "gpu" else "cpu",
-                **({"runtime": "openvino", "precision": _same(plan, "blip_text_prefill", "blip_text_step")}
+                **({"runtime": "openvino", "precision": one_precision(plan, CAPTION_GRAPHS)}
                    if target == "cpu" and backend != "onnxruntime" else {"runtime": "onnxruntime"})}))
 
     version = out_dir / "ssa_engine" / "1"

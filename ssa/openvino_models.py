@@ -45,6 +45,8 @@ if TYPE_CHECKING:
     from ssa.preprocess import Processors
 
 PRECISIONS = ("fp32", "bf16")
+# the caption loop's two graphs: one precision, and its cache handed from one to the other
+CAPTION_GRAPHS = ("blip_text_prefill", "blip_text_step")
 OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
 log = logging.getLogger(__name__)
 
@@ -185,7 +187,7 @@ class OpenVinoGraph:
                 value = result[port]
                 if name in self.bf16:  # OpenVINO hands bf16 bits out typed float16
                     value = value.view(np.uint16)
-                out[name] = value if name in self.borrowed or not self.borrowed else value.copy()
+                out[name] = value.copy() if self.borrowed and name not in self.borrowed else value
             return out
 
 
@@ -219,6 +221,15 @@ def _graph(export_dir: Path, spec: dict, threads: int, precision: str, cache_dir
     return OpenVinoGraph(export_dir / spec["file"], threads, precision, cache_dir, names)
 
 
+def one_precision(plan: dict[str, str], names: tuple[str, ...]) -> str:
+    """The one precision of graphs that run in one loop (the caption's prefill and step graphs);
+    graphs missing from `plan` run fp32."""
+    values = {plan.get(n, "fp32") for n in names}
+    if len(values) != 1:
+        raise ValueError(f"{', '.join(names)} run in one loop: give them one precision, got {plan}")
+    return values.pop()
+
+
 def caption_graphs(prefill: str | Path, step: str | Path, threads: int = 2, precision: str = "fp32",
                    cache_dir: str | Path | None = None, names: tuple[str, ...] = ()) -> tuple[TensorFn, TensorFn]:
     """The caption loop's prefill and step graphs (one precision) as tensor functions: the
@@ -240,16 +251,13 @@ def openvino_models(export_dir: str | Path, processors: Processors, threads: int
     manifest = _manifest(export_dir)
     names = [n for n in manifest["models"] if not n.startswith("sam_")]
     per_graph = precision if isinstance(precision, dict) else dict.fromkeys(names, precision)
-    text = ("blip_text_prefill", "blip_text_step")
     fns = {n: graph_function(_graph(export_dir, manifest["models"][n], threads, per_graph.get(n, "fp32"), cache_dir))
-           for n in names if n not in text}
-    if all(n in names for n in text):
-        specs = [manifest["models"][n] for n in text]
-        if per_graph.get(text[0], "fp32") != per_graph.get(text[1], "fp32"):
-            raise ValueError(f"{', '.join(text)} run in one loop: give them one precision, got {per_graph}")
+           for n in names if n not in CAPTION_GRAPHS}
+    if all(n in names for n in CAPTION_GRAPHS):
+        specs = [manifest["models"][n] for n in CAPTION_GRAPHS]
         io_names = tuple(t["name"] for spec in specs for t in spec["inputs"] + spec["outputs"])
-        fns.update(zip(text, caption_graphs(*(export_dir / spec["file"] for spec in specs), threads,
-                                            per_graph.get(text[0], "fp32"), cache_dir, io_names)))
+        fns.update(zip(CAPTION_GRAPHS, caption_graphs(*(export_dir / spec["file"] for spec in specs), threads,
+                                                      one_precision(per_graph, CAPTION_GRAPHS), cache_dir, io_names)))
     return GraphModels(fns, manifest["metadata"], processors, torch.device("cpu"))
 
 
