@@ -33,7 +33,7 @@ def tensor(value: np.ndarray) -> dict:
 def make_inputs(repository: Path, data_dir: Path, out: Path, images: int = 2) -> list[Path]:
     from ssa.dataset import folder_items
     from ssa.images import load_image
-    from ssa.preprocess import Processors
+    from ssa.preprocess import Processors, token_groups
 
     manifest = json.loads((repository / "manifest.json").read_text())["export"]["models"]
     processors = Processors.load(repository / "ssa_engine" / "1" / "processors")
@@ -69,8 +69,9 @@ def make_inputs(repository: Path, data_dir: Path, out: Path, images: int = 2) ->
         plans["clipseg"].pixels(im)[None], size=(512, 512), mode="bilinear", align_corners=False)[0].numpy())}
         for im in images]
     for model, encode in (("clip_text", processors.clip_text), ("clipseg_text", processors.clipseg_text)):
-        tokens = encode(NAMES)
-        data[model] = [{k: tensor(v[j]) for k, v in tokens.items()} for j in range(len(NAMES))]
+        tokens = encode(NAMES)  # each name at the token length the engine sends it at
+        cut = {int(j): n for n, rows in token_groups(tokens["attention_mask"]) for j in rows}
+        data[model] = [{k: tensor(v[j, : cut[j]]) for k, v in tokens.items()} for j in range(len(NAMES))]
     embeds = next(t for t in manifest["blip_text_prefill"]["inputs"] if t["name"] == "image_embeds")["dims"][1:]
     data["blip_caption"] = [{"image_embeds": tensor(rng.standard_normal(embeds).astype(np.float32)),
                              "max_length": tensor(np.array([20], np.int32))}]

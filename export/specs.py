@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 
 from ssa import wrappers
+from ssa.preprocess import TEXT_BUCKETS
+from ssa.profiles import CLIP_CONTEXT
 
 Dims = tuple[int | str, ...]
 
@@ -65,15 +67,22 @@ def _oneformer(name, role):
 
 # ---------------------------------------------------------------- CLIP
 def _text_example(model, batch, variant):
+    # exported at the full context, checked at a bucket's length (ssa.preprocess.TEXT_BUCKETS):
+    # the token axis is dynamic, a length baked into the graph fails the check
+    length = (CLIP_CONTEXT, TEXT_BUCKETS[1])[variant % 2]
     g = torch.Generator().manual_seed(variant)
-    ids = torch.full((batch, 77), 49407, dtype=torch.long)
-    mask = torch.zeros(batch, 77, dtype=torch.long)
+    ids = torch.full((batch, length), 49407, dtype=torch.long)
+    mask = torch.zeros(batch, length, dtype=torch.long)
     for b in range(batch):
         n = 3 + (b * 5 + variant) % 9
         ids[b, 0] = 49406
         ids[b, 1:n] = torch.randint(300, 40000, (n - 1,), generator=g)
         mask[b, : n + 1] = 1
     return ids, mask
+
+
+def _text_inputs(m):
+    return [Tensor("input_ids", "INT64", ("batch", "tokens")), Tensor("attention_mask", "INT64", ("batch", "tokens"))]
 
 
 def _image_example(side):
@@ -95,7 +104,7 @@ CLIP_IMAGE = ModelSpec(
 
 CLIP_TEXT = ModelSpec(
     name="clip_text", role="clip", wrapper=wrappers.ClipTextEncoder,
-    inputs=lambda m: [Tensor("input_ids", "INT64", ("batch", 77)), Tensor("attention_mask", "INT64", ("batch", 77))],
+    inputs=_text_inputs,
     outputs=lambda m: [Tensor("text_embeds", "FP32", ("batch", _cfg(m).projection_dim))],
     example=_text_example, atol=1e-4)
 
@@ -120,7 +129,7 @@ CLIPSEG_VISUAL = ModelSpec(
 
 CLIPSEG_TEXT = ModelSpec(
     name="clipseg_text", role="clipseg", wrapper=wrappers.ClipSegText,
-    inputs=lambda m: [Tensor("input_ids", "INT64", ("batch", 77)), Tensor("attention_mask", "INT64", ("batch", 77))],
+    inputs=_text_inputs,
     outputs=lambda m: [Tensor("cond", "FP32", ("batch", _cfg(m).projection_dim))],
     example=_text_example, atol=1e-4)
 

@@ -23,6 +23,7 @@ from ssa import __version__
 from ssa.limits import parse_limit
 from ssa.openvino_models import CAPTION_GRAPHS, one_precision
 from ssa.params import EngineParams, SamParams
+from ssa.preprocess import check_text_graphs
 
 MODELS_SRC = Path(__file__).parent / "models"
 TARGETS = ("cpu", "gpu")
@@ -212,6 +213,7 @@ def generate_repository(export_dir: str | Path, profile_dir: str | Path, out_dir
     missing = [m for m in (*COMPUTE, "blip_text_prefill", "blip_text_step") if m not in manifest["models"]]
     if missing:
         raise FileNotFoundError(f"{export_dir}: no export of {missing}; run `python -m export` first")
+    check_text_graphs(manifest, export_dir)
     sam = include_sam and all(m in manifest["models"] for m in SAM_COMPUTE)
     graphs = [*COMPUTE, "blip_text_prefill", "blip_text_step", *(SAM_COMPUTE if sam else ())]
     plan = precision_plan(backend, precision, graphs) if target == "cpu" else None

@@ -95,9 +95,11 @@ def onnx_models(export_dir: str | Path, processors: Processors, threads: int = 2
     import torch
 
     from ssa.graph_models import GraphModels
+    from ssa.preprocess import check_text_graphs
 
     export_dir, device = Path(export_dir), torch.device(device)
     manifest = json.loads((export_dir / "manifest.json").read_text())
+    check_text_graphs(manifest, export_dir)
     provider = "cuda" if device.type == "cuda" else "cpu"
     fns = {name: session_function(ort_session(export_dir / m["file"], threads, provider, device.index or 0))
            for name, m in manifest["models"].items() if not name.startswith("sam_")}

@@ -213,7 +213,11 @@ def graph_function(graph: OpenVinoGraph) -> TensorFn:
 
 
 def _manifest(export_dir: Path) -> dict:
-    return json.loads((export_dir / "manifest.json").read_text())
+    from ssa.preprocess import check_text_graphs
+
+    manifest = json.loads((export_dir / "manifest.json").read_text())
+    check_text_graphs(manifest, export_dir)
+    return manifest
 
 
 def _graph(export_dir: Path, spec: dict, threads: int, precision: str, cache_dir) -> OpenVinoGraph:

@@ -18,6 +18,14 @@ import torch
 from ssa.pixels import ImagePlan
 
 CHANNELS_LAST = "channels_last"
+# the token lengths the text encoders run at: a name of n tokens (its start and end tokens
+# included) at the smallest length >= n, its padding cut off. The embedding is the end token's
+# output, and attention is causal: it never sees the padding after it, so it is the embedding at
+# the full context (77) up to rounding, at a fraction of the work (most names are under 8 tokens).
+# One length per name, not the longest of a call: a name's embedding does not depend on which
+# names share its call (they are cached by name)
+TEXT_BUCKETS = (8, 16, 32, 77)
+TEXT_GRAPHS = ("clip_text", "clipseg_text")
 
 
 @dataclass
@@ -65,7 +73,8 @@ class Processors:
         return self._task_on_device[key]
 
     def clip_text(self, names: Sequence[str]) -> dict[str, np.ndarray]:
-        """{"input_ids", "attention_mask"}: (N, 77) int64, padded to CLIP's full context."""
+        """{"input_ids", "attention_mask"}: (N, 77) int64, padded to CLIP's full context (the
+        encoders run each row cut to its length in TEXT_BUCKETS: `token_groups`)."""
         return _tokens(self.clip.tokenizer, names)
 
     def clipseg_text(self, names: Sequence[str]) -> dict[str, np.ndarray]:
@@ -77,5 +86,24 @@ class Processors:
 
 
 def _tokens(tokenizer, names: Sequence[str]) -> dict[str, np.ndarray]:
-    out = tokenizer(list(names), padding="max_length", max_length=77, truncation=True, return_tensors="np")
+    out = tokenizer(list(names), padding="max_length", max_length=TEXT_BUCKETS[-1], truncation=True,
+                    return_tensors="np")
     return {"input_ids": out["input_ids"].astype(np.int64), "attention_mask": out["attention_mask"].astype(np.int64)}
+
+
+def check_text_graphs(manifest: dict, export_dir) -> None:
+    """Refuse an export whose text encoders take a fixed number of tokens (exported before the
+    token axis was dynamic): the engine sends each name at its TEXT_BUCKETS length."""
+    fixed = [name for name in TEXT_GRAPHS if name in manifest["models"]
+             if any(isinstance(t["dims"][1], int) for t in manifest["models"][name]["inputs"])]
+    if fixed:
+        raise ValueError(f"{export_dir}: {', '.join(fixed)} take a fixed number of tokens (an older export); "
+                         f"re-export them: python -m export --only {','.join(fixed)}")
+
+
+def token_groups(attention_mask: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """[(length, row indices)] of (N, 77) tokenized names: each row at its TEXT_BUCKETS length
+    (the smallest that holds its tokens), shortest first; lengths no row needs are left out."""
+    counts = np.asarray(attention_mask).sum(axis=1)
+    lengths = np.asarray(TEXT_BUCKETS)[np.searchsorted(TEXT_BUCKETS, np.minimum(counts, TEXT_BUCKETS[-1]))]
+    return [(int(n), np.flatnonzero(lengths == n)) for n in TEXT_BUCKETS if (lengths == n).any()]

@@ -9,8 +9,11 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from ssa.preprocess import token_groups
+
 Tokenize = Callable[[Sequence[str]], dict[str, np.ndarray]]
-# (input_ids, attention_mask) (N, 77) int64 host arrays -> (N, E) tensor on the encoder's device
+# (input_ids, attention_mask) (N, L) int64 host arrays, L one of ssa.preprocess.TEXT_BUCKETS ->
+# (N, E) tensor on the encoder's device
 Encode = Callable[[np.ndarray, np.ndarray], torch.Tensor]
 
 
@@ -27,11 +30,18 @@ class TextEmbeddingCache:
         missing = list(dict.fromkeys(n for n in names if n not in self._cache))
         if missing:
             tokens = self.tokenize(missing)
-            # one copy of the call's rows, then row views of it: a view of the encoder's output would
-            # keep that whole buffer alive (on a GPU, memory of Triton's CUDA pool, on the CPU a shared
-            # memory region) for as long as a name stays cached; a copy per row costs an allocation a
-            # name, which fragments the heap (measured: +50 KB of peak RSS a mask at 2,000 masks)
-            encoded = self.encode(tokens["input_ids"], tokens["attention_mask"]).clone()
+            ids, mask = tokens["input_ids"], tokens["attention_mask"]
+            # one call per token length, each name at its own (ssa.preprocess.token_groups). The rows
+            # land in one copy, then row views of it: a view of the encoder's output would keep that
+            # whole buffer alive (on a GPU, memory of Triton's CUDA pool, on the CPU a shared memory
+            # region) for as long as a name stays cached; a copy per row costs an allocation a name,
+            # which fragments the heap (measured: +50 KB of peak RSS a mask at 2,000 masks)
+            encoded = None
+            for length, rows in token_groups(mask):
+                part = self.encode(np.ascontiguousarray(ids[rows, :length]), np.ascontiguousarray(mask[rows, :length]))
+                if encoded is None:
+                    encoded = part.new_empty((len(missing), *part.shape[1:]))
+                encoded[torch.as_tensor(rows, device=part.device)] = part
             for name, emb in zip(missing, encoded):
                 self._cache[name] = emb
             self.encoded += len(missing)

@@ -46,6 +46,11 @@ def test_benchmark_smoke(tiny_profile, tiny_export, tmp_path, capsys):
     assert [r["masks"] for r in scaling] == [2, 4]
     assert scaling[1]["efficiency"]["models"]["flops"] > scaling[0]["efficiency"]["models"]["flops"]
     assert scaling[1]["reference_seconds_per_image"] == ref["per_image_seconds"] + 4 * ref["per_mask_seconds"]
+    for point in scaling:  # each point twice: the first pass with new names, then the timed one
+        assert point["first_pass_seconds_per_image"] > 0
+        assert point["first_pass_ratio"] == point["reference_seconds_per_image"] / point["first_pass_seconds_per_image"]
+    runs = out / "runs" / "openvino-bf16"
+    assert all((runs / f"masks_{n}_first" / "summary.json").is_file() for n in (2, 4))
     table = (out / "table.md").read_text()
     assert "| images/s |" in table and "GFLOP/s (share of peak)" in table and "clear decisions that differ" in table
     assert table in capsys.readouterr().out

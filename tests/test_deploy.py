@@ -312,11 +312,14 @@ def test_tensorrt_profiles_follow_the_parameter_bounds_and_the_processors():
     from export.tensorrt import axis_ranges
     from ssa.params import PARAM_BOUNDS
     from ssa.pixels import ImagePlan
+    from ssa.preprocess import TEXT_BUCKETS
     from ssa.profiles import ONEFORMER_EDGES
 
     ranges = axis_ranges()
     assert ranges["clipseg_decoder"]["prompts"][2] == PARAM_BOUNDS["top_k"][1]
     assert ranges["clipseg_decoder"]["prompts"][0] == PARAM_BOUNDS["top_k"][0]
+    for name in ("clip_text", "clipseg_text"):  # every token length the text cache sends
+        assert ranges[name]["tokens"][0] <= min(TEXT_BUCKETS) and ranges[name]["tokens"][2] >= max(TEXT_BUCKETS)
     for name, (shortest, longest) in ONEFORMER_EDGES.items():
         plan = ImagePlan.from_processor(OneFormerImageProcessor(size={"shortest_edge": shortest,
                                                                       "longest_edge": longest}))

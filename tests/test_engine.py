@@ -143,6 +143,42 @@ def test_rows_per_call_follow_each_models_limit(tiny_export, processors):
     assert models.rows_limit("blip_caption") == 32 and models.rows_limit("clip_image", 3) == 3
 
 
+def test_text_encoders_run_each_name_at_its_token_length(tiny_export, processors):
+    """Each name is encoded cut to its TEXT_BUCKETS length (one call per length), and its embedding
+    is the one at the full 77-token context (the exported graphs, ONNX Runtime), whichever names
+    share its call."""
+    from ssa.onnx_models import ort_session, run_session
+    from ssa.preprocess import TEXT_BUCKETS, token_groups
+    from ssa.text_cache import TextEmbeddingCache
+
+    session = ort_session(tiny_export / "clip_text.onnx")
+    lengths = []
+
+    def encode(ids, mask):
+        lengths.append(ids.shape[1])
+        return run_session(session, {"input_ids": ids, "attention_mask": mask})["text_embeds"]
+
+    long_name = " ".join(["a very long name"] * 6)
+    names = ["wall", "a person", "the red car parked on the left side of the street", long_name,
+             " ".join(["word"] * 100), "sky"]
+    tokens = processors.clip_text(names)
+    counts = tokens["attention_mask"].sum(axis=1)
+    groups = token_groups(tokens["attention_mask"])
+    assert [n for n, _ in groups] == sorted({TEXT_BUCKETS[int(np.searchsorted(TEXT_BUCKETS, c))] for c in counts})
+    for n, rows in groups:  # the smallest length that holds each row's tokens
+        assert all(counts[r] <= n and (n == TEXT_BUCKETS[0] or counts[r] > TEXT_BUCKETS[TEXT_BUCKETS.index(n) - 1])
+                   for r in rows)
+    assert counts.max() == 77 and len(groups) >= 3
+
+    full = encode(tokens["input_ids"], tokens["attention_mask"])
+    lengths.clear()
+    got = TextEmbeddingCache(processors.clip_text, encode)(names)
+    assert lengths == [n for n, _ in groups]
+    np.testing.assert_allclose(got.numpy(), full.numpy(), rtol=0, atol=1e-5)
+    alone = TextEmbeddingCache(processors.clip_text, encode)(["wall"])  # its peers do not matter
+    assert torch.equal(alone[0], got[0])
+
+
 def test_noun_phrases_batched_without_unneeded_components_equal_the_full_pipeline():
     import spacy
 
@@ -261,3 +297,22 @@ def test_gpu_handover_provider_device_and_cache_copies(tiny_export, monkeypatch)
     assert torch.equal(got, output)
     for emb in cache._cache.values():  # a copy's storage: the output buffer can be freed
         assert emb.untyped_storage().data_ptr() != output.untyped_storage().data_ptr()
+
+
+def test_an_export_with_fixed_token_text_graphs_is_refused(tiny_export, processors, tmp_path):
+    """An export made when the text encoders took 77 tokens: refused with what to re-export."""
+    from model_repository.generate import generate_repository
+    from ssa.onnx_models import onnx_models
+    from ssa.openvino_models import openvino_models
+
+    old = tmp_path / "export"
+    old.mkdir()
+    manifest = json.loads((tiny_export / "manifest.json").read_text())
+    for t in manifest["models"]["clipseg_text"]["inputs"]:
+        t["dims"] = ["batch", 77]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    message = r"clipseg_text take a fixed number of tokens .*python -m export --only clipseg_text"
+    for load in (lambda: onnx_models(old, processors), lambda: openvino_models(old, processors),
+                 lambda: generate_repository(old, tmp_path, tmp_path / "repo", "cpu")):
+        with pytest.raises(ValueError, match=message):
+            load()
