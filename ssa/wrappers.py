@@ -4,6 +4,8 @@ plain tensors with the names and shapes the Triton models use. `export/` exports
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -97,7 +99,12 @@ class ClipSegText(nn.Module):
 class ClipSegDecoder(nn.Module):
     """(act_i (M, T, D) for each extract layer, cond (M, K, P)) -> logits (M, K, S, S).
 
-    Each of the M crops is decoded against its K prompts; the backbone ran once per crop.
+    Each of the M crops is decoded against its K prompts; the backbone ran once per crop. The
+    steps of CLIPSegDecoder.forward, with one change: each activation's reduction (a linear map
+    that does not see the prompt) runs once per crop, then its result is repeated for the K
+    prompts, instead of repeating the D-wide activations K times and reducing each copy (the
+    reduced tensor is D / reduce_dim = 12 times smaller: on the CPU the repeat and the repeated
+    reductions were a quarter of the decoder's time).
     """
 
     def __init__(self, model):
@@ -107,8 +114,21 @@ class ClipSegDecoder(nn.Module):
     def forward(self, *inputs):
         *acts, cond = inputs
         m, k = cond.shape[0], cond.shape[1]
-        acts = [a.repeat_interleave(k, dim=0) for a in acts]
-        logits = self.decoder(acts, cond.reshape(m * k, cond.shape[2])).logits
+        d = self.decoder
+        cond = cond.reshape(m * k, cond.shape[2])
+        output = None
+        for i, (activation, layer, reduce) in enumerate(zip(acts[::-1], d.layers, d.reduces)):
+            reduced = reduce(activation).repeat_interleave(k, dim=0)
+            output = reduced if output is None else reduced + output
+            if i == d.conditional_layer:
+                output = d.film_mul(cond) * output.permute(1, 0, 2) + d.film_add(cond)
+                output = output.permute(1, 0, 2)
+            output = layer(output, attention_mask=None)
+            if isinstance(output, tuple):
+                output = output[0]
+        output = output[:, 1:, :].transpose(1, 2)  # the class token dropped: (M K, reduce_dim, tokens)
+        side = int(math.isqrt(output.shape[2]))
+        logits = d.transposed_convolution(output.reshape(m * k, output.shape[1], side, side)).squeeze(1)
         return logits.reshape(m, k, logits.shape[-2], logits.shape[-1])
 
 

@@ -109,3 +109,28 @@ def test_oneformer_mask_einsum_is_a_matmul(tiny_export):
         graph = onnx.load(str(tiny_export / f"{name}.onnx"), load_external_data=False).graph
         ops = {n.op_type for n in graph.node}
         assert "Einsum" not in ops and "MatMul" in ops, name
+
+
+def test_clipseg_decoder_reduces_once_per_crop(tiny_profile, tiny_export):
+    """The decoder wrapper reduces each crop's activations once and repeats the result per prompt:
+    exactly CLIPSeg's own decoder run on the activations repeated K times; the graph repeats only
+    reduced tensors (reduce_dim wide, not the backbone's width)."""
+    import torch
+
+    from ssa.wrappers import ClipSegDecoder
+
+    model = load_role(tiny_profile, "clipseg").eval()
+    vision = model.config.vision_config
+    tokens = (512 // vision.patch_size) ** 2 + 1
+    g = torch.Generator().manual_seed(0)
+    acts = [torch.randn(3, tokens, vision.hidden_size, generator=g) for _ in model.config.extract_layers]
+    cond = torch.randn(3, 4, model.config.projection_dim, generator=g)
+    with torch.no_grad():
+        got = ClipSegDecoder(model)(*acts, cond)
+        expected = model.decoder([a.repeat_interleave(4, dim=0) for a in acts], cond.reshape(12, -1)).logits
+    assert torch.equal(got, expected.reshape(got.shape))
+    assert model.config.reduce_dim < vision.hidden_size
+    graph = onnx.load(str(tiny_export / "clipseg_decoder.onnx")).graph
+    for act in (t.name for t in graph.input if t.name.startswith("act")):  # straight into the reduction
+        consumers = [n.op_type for n in graph.node if act in n.input]
+        assert consumers and set(consumers) <= {"MatMul", "Gemm"}, (act, consumers)
