@@ -66,13 +66,25 @@ def _profile_key(profile_dir: Path) -> str:
     return hashlib.sha256((profile_dir / "profile.json").read_bytes()).hexdigest()[:16]
 
 
+def _code_key() -> str:
+    """The code the counts trace: the export wrappers and the OneFormer export patches. A count
+    cached under other code (a wrapper that changed what it computes) is not reused."""
+    from export import oneformer_patches
+    from ssa import wrappers
+
+    digest = hashlib.sha256()
+    for module in (wrappers, oneformer_patches):
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()[:12]
+
+
 class GraphFlops:
     """FLOPs per call of each exported graph of a profile (see the module's text)."""
 
     def __init__(self, profile_dir: str | Path, cache_path: str | Path | None = None):
         self.profile_dir = Path(profile_dir)
         self.cache_path = Path(cache_path) if cache_path else None
-        self.key = f"{COUNT_VERSION}:{_profile_key(self.profile_dir)}"
+        self.key = f"{COUNT_VERSION}:{_profile_key(self.profile_dir)}:{_code_key()}"
         self.memo: dict[str, int] = {}
         if self.cache_path and self.cache_path.is_file():
             self.memo = json.loads(self.cache_path.read_text()).get(self.key, {})

@@ -98,3 +98,18 @@ def test_reference_stages_and_peak():
             pass
     assert dict(counter.flops) == {"clip": 2 * 2 * 16 * 8, "caption": 0}
     assert gemm_peak("cpu", "fp32", n=256, repeats=1, seconds=0.05) > 1e8
+
+
+def test_cached_counts_belong_to_the_wrappers_code(tiny_profile, tmp_path, monkeypatch):
+    """A count cached under other wrapper code is not reused: a wrapper that changes what it
+    computes (CLIPSeg's decoder reducing once per crop) is recounted."""
+    import ssa.flops as flops_module
+    from ssa.flops import GraphFlops
+
+    cache = tmp_path / "flops.json"
+    first = GraphFlops(tiny_profile, cache)
+    first.memo["clip_image:[]"] = 123
+    first.save()
+    assert GraphFlops(tiny_profile, cache).memo == {"clip_image:[]": 123}
+    monkeypatch.setattr(flops_module, "_code_key", lambda: "other wrappers")
+    assert GraphFlops(tiny_profile, cache).memo == {}
