@@ -143,13 +143,6 @@ class GraphModels:
         return self.clip_names(names)
 
     def clipseg(self, pixel_values: torch.Tensor, prompts: Sequence[Sequence[str]]) -> torch.Tensor:
-        """(M, K, S, S) logits. The backbone's activations (3 x 1025 x 768 floats a crop, 9.4 MB)
-        go to the decoder a backbone call at a time, never gathered for the whole chunk."""
-        cond = prompt_matrix(prompts, self.clipseg_names)
-        step = self.rows_limit("clipseg_visual") or max(1, len(pixel_values))
-        parts = []
-        for i in range(0, max(1, len(pixel_values)), step):  # no rows: one call of none, as the models allow
-            acts = self.run("clipseg_visual", pixel_values=pixel_values[i : i + step])
-            part = cond[i : i + step].to(next(iter(acts.values())).dtype)
-            parts.append(self.run("clipseg_decoder", cond=part, **acts)["logits"])
-        return torch.cat(parts) if len(parts) > 1 else parts[0]
+        acts = self.run("clipseg_visual", pixel_values=pixel_values)
+        cond = prompt_matrix(prompts, self.clipseg_names).to(next(iter(acts.values())).dtype)
+        return self.run("clipseg_decoder", cond=cond, **acts)["logits"]

@@ -143,36 +143,6 @@ def test_rows_per_call_follow_each_models_limit(tiny_export, processors):
     assert models.rows_limit("blip_caption") == 32 and models.rows_limit("clip_image", 3) == 3
 
 
-def test_clipseg_decodes_each_backbone_call_as_it_comes(tiny_export, processors):
-    """CLIPSeg's activations go to the decoder a backbone call at a time (never gathered for the
-    whole chunk); the logits come back in the crops' order, each crop decoded with its prompts."""
-    from ssa.graph_models import GraphModels
-
-    calls = []
-
-    def visual(inputs):
-        x = inputs["pixel_values"]
-        calls.append(("visual", x.shape[0]))
-        return {"act0": x[:, :1, :2, 0].clone(), "act1": x[:, :1, :2, 0] * 2}
-
-    def decoder(inputs):
-        calls.append(("decoder", inputs["act0"].shape[0]))
-        return {"logits": inputs["act1"][:, None, :, :] + inputs["cond"][:, :, :1, None]}
-
-    def text(inputs):
-        return {"cond": inputs["input_ids"][:, 1:2].float(), "text_embeds": inputs["input_ids"][:, 1:2].float()}
-
-    meta = json.loads((tiny_export / "manifest.json").read_text())["metadata"]
-    models = GraphModels({"clipseg_visual": visual, "clipseg_decoder": decoder, "clipseg_text": text,
-                          "clip_text": text, "blip_caption": text}, meta, processors, torch.device("cpu"), max_rows=8)
-    pixels = torch.arange(19.0)[:, None, None, None].expand(19, 3, 4, 4).contiguous()
-    prompts = [["wall", "sky"]] * 19
-    logits = models.clipseg(pixels, prompts)
-    assert calls == [("visual", 8), ("decoder", 8), ("visual", 8), ("decoder", 8), ("visual", 3), ("decoder", 3)]
-    cond = models.clipseg_names(["wall", "sky"])[:, 0]
-    expected = 2 * torch.arange(19.0)[:, None, None, None] + cond[None, :, None, None]
-    assert torch.equal(logits, expected.expand(19, 2, 1, 2))
-
 def test_text_encoders_run_each_name_at_its_token_length(tiny_export, processors):
     """Each name is encoded cut to its TEXT_BUCKETS length (one call per length), and its embedding
     is the one at the full 77-token context (the exported graphs, ONNX Runtime), whichever names
