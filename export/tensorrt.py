@@ -29,17 +29,18 @@ def axis_ranges(sizing: dict[str, tuple[int, int]] | None = None) -> dict[str, d
     what the engine can send: OneFormer's sides from its processor's sizing (shortest edge S,
     longest at most L: the longer side never exceeds L, and the shorter one is S, or less for an
     image wider than L:S, down to 1 pixel for a very thin one: the engine refuses no aspect ratio);
-    the text encoders' tokens over ssa.preprocess.TEXT_BUCKETS; CLIPSeg's prompts per crop up to top_k's bound; SAM's points up to what sam_masks sends."""
+    the text encoders' tokens over ssa.preprocess.TEXT_BUCKETS; CLIPSeg's prompts per crop up to
+    top_k's bound; SAM's points up to what sam_masks sends."""
     from model_repository.generate import SAM_POINTS_PER_REQUEST
     from ssa.params import PARAM_BOUNDS
-    from ssa.preprocess import TEXT_BUCKETS
+    from ssa.preprocess import TEXT_BUCKETS, TEXT_GRAPHS
     from ssa.profiles import ONEFORMER_EDGES
 
     ranges = {}
     for name, (shortest, longest) in (sizing or ONEFORMER_EDGES).items():
         side = (1, shortest, longest)
         ranges[name] = {"height": side, "width": (1, min(longest, shortest * 4 // 3), longest)}
-    for name in ("clip_text", "clipseg_text"):  # names at their TEXT_BUCKETS length, most the shortest
+    for name in TEXT_GRAPHS:  # names at their TEXT_BUCKETS length, most the shortest
         ranges[name] = {"tokens": (TEXT_BUCKETS[0], TEXT_BUCKETS[0], TEXT_BUCKETS[-1])}
     top_k = PARAM_BOUNDS["top_k"]
     ranges["clipseg_decoder"] = {"prompts": (int(top_k[0]), 3, int(top_k[1]))}

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ssa.pixels import ImagePlan
+from ssa.profiles import CLIP_CONTEXT
 
 CHANNELS_LAST = "channels_last"
 # the token lengths the text encoders run at: a name of n tokens (its start and end tokens
@@ -24,7 +25,7 @@ CHANNELS_LAST = "channels_last"
 # the full context (77) up to rounding, at a fraction of the work (most names are under 8 tokens).
 # One length per name, not the longest of a call: a name's embedding does not depend on which
 # names share its call (they are cached by name)
-TEXT_BUCKETS = (8, 16, 32, 77)
+TEXT_BUCKETS = (8, 16, 32, CLIP_CONTEXT)
 TEXT_GRAPHS = ("clip_text", "clipseg_text")
 
 
