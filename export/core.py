@@ -66,8 +66,10 @@ def _dynamic_axes(spec: ModelSpec, model) -> dict[str, dict[int, str]]:
     return axes
 
 
-def export_model(spec: ModelSpec, model, path: Path) -> None:
-    """Write `spec`'s wrapper of `model` to `path` (one self-contained ONNX file)."""
+def export_model(spec: ModelSpec, model, path: Path) -> int:
+    """Write `spec`'s wrapper of `model` to `path` (one self-contained ONNX file); returns how many
+    attention scales were moved onto the queries (`spec.scale_queries`)."""
+    from export.graph_passes import scale_queries_first_file
     from export.oneformer_patches import patch_oneformer_for_dynamic_hw
 
     module = spec.wrapper(model).eval()
@@ -77,8 +79,11 @@ def export_model(spec: ModelSpec, model, path: Path) -> None:
         torch.onnx.export(module, args, str(path), input_names=[t.name for t in spec.inputs(model)],
                           output_names=[t.name for t in spec.outputs(model)], dynamic_axes=_dynamic_axes(spec, model),
                           dynamo=False, opset_version=17)
+    # a head width whose square root is not a power of two keeps its scales where they are
+    moved = scale_queries_first_file(path) if spec.scale_queries else 0
     if spec.external_data:
         _to_one_data_file(path)
+    return moved
 
 
 def _to_one_data_file(path: Path) -> None:
@@ -159,7 +164,7 @@ def export_profile(profile_dir: str | Path, out_dir: str | Path, names: list[str
         model = models[spec.role]
         path = out_dir / f"{name}.onnx"
         start = time.perf_counter()
-        export_model(spec, model, path)
+        moved = export_model(spec, model, path)
         exported = time.perf_counter() - start
         diffs = check_model(spec, model, path)
         size = path.stat().st_size + (path.with_name(path.name + ".data").stat().st_size if spec.external_data else 0)
@@ -171,6 +176,8 @@ def export_profile(profile_dir: str | Path, out_dir: str | Path, names: list[str
             "outputs": [{"name": t.name, "dtype": t.dtype, "dims": list(t.dims)} for t in spec.outputs(model)],
             "check": {"outputs": diffs, "atol": spec.atol, "rtol": spec.rtol},
         }
+        if spec.scale_queries:
+            manifest["models"][name]["scales_on_queries"] = moved
     manifest.setdefault("metadata", {}).update(model_metadata(models))
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest

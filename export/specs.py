@@ -40,6 +40,9 @@ class ModelSpec:
     rtol: float = 1e-4
     patch_oneformer: bool = False
     external_data: bool = False  # weights beside the graph (`<name>.onnx.data`): ONNX files stop at 2 GB
+    # attention scales moved onto the queries (`export.graph_passes.scale_queries_first`): the
+    # caption graphs, whose one query token a row attends to a 577-token cache
+    scale_queries: bool = False
 
 
 def _cfg(model):
@@ -191,7 +194,7 @@ BLIP_TEXT_PREFILL = ModelSpec(
                       Tensor("image_embeds", "FP32", ("batch", _blip_dims(m)[1], _blip_dims(m)[2]))],
     outputs=lambda m: [Tensor("logits", "FP32", ("batch", _cfg(m).text_config.vocab_size))]
     + _blip_kv(m, "present", 1) + _blip_kv(m, "cross", None),
-    example=_prefill_example, atol=1e-3)
+    example=_prefill_example, atol=1e-3, scale_queries=True)
 
 
 def _step_example(model, batch, variant):
@@ -210,7 +213,7 @@ BLIP_TEXT_STEP = ModelSpec(
     + _blip_kv(m, "cross", None),
     outputs=lambda m: [Tensor("logits", "FP32", ("batch", _cfg(m).text_config.vocab_size))]
     + _blip_kv(m, "present", "present_length"),
-    example=_step_example, atol=1e-3)
+    example=_step_example, atol=1e-3, scale_queries=True)
 
 
 # ---------------------------------------------------------------- SAM (the mask generator)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import onnx
@@ -134,3 +135,86 @@ def test_clipseg_decoder_reduces_once_per_crop(tiny_profile, tiny_export):
     for act in (t.name for t in graph.input if t.name.startswith("act")):  # straight into the reduction
         consumers = [n.op_type for n in graph.node if act in n.input]
         assert consumers and set(consumers) <= {"MatMul", "Gemm"}, (act, consumers)
+
+
+def _attention_graph(divisor: float, extra_reader: bool = False):
+    """softmax(Q K^T / divisor) V as the exporter writes it: MatMul -> Div(constant) -> Softmax."""
+    from onnx import TensorProto, helper
+
+    value = helper.make_tensor("d", TensorProto.FLOAT, [], [divisor])
+    nodes = [helper.make_node("Constant", [], ["divisor"], value=value),
+             helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1]),
+             helper.make_node("MatMul", ["q", "kt"], ["scores"], name="scores"),
+             helper.make_node("Div", ["scores", "divisor"], ["scaled"], name="scale"),
+             helper.make_node("Softmax", ["scaled"], ["p"], axis=-1),
+             helper.make_node("MatMul", ["p", "v"], ["out"])]
+    outputs = [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)]
+    if extra_reader:
+        outputs.append(helper.make_tensor_value_info("scores", TensorProto.FLOAT, None))
+    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2, t, 16]) for n, t in (("q", 1), ("k", 9), ("v", 9))]
+    return helper.make_model(helper.make_graph(nodes, "attention", inputs, outputs),
+                             opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_scale_moves_onto_the_queries_bit_for_bit():
+    """A power-of-two attention scale moves from the scores onto the queries, and every output
+    stays the same to the bit (ONNX Runtime); a divisor that is not a power of two, or scores that
+    another node reads, are left alone."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from export.graph_passes import scale_queries_first
+
+    rng = np.random.default_rng(0)
+    feed = {n: rng.standard_normal((2, t, 16)).astype(np.float32) * 30 for n, t in (("q", 1), ("k", 9), ("v", 9))}
+
+    def run(model):
+        return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)
+
+    for divisor in (8.0, 4.0, 0.5):
+        model = _attention_graph(divisor)
+        before = run(model)
+        assert scale_queries_first(model) == 1
+        ops = [n.op_type for n in model.graph.node]
+        assert "Div" not in ops and ops.index("Mul") < ops.index("MatMul")
+        mul = next(n for n in model.graph.node if n.op_type == "Mul")
+        assert mul.input[0] == "q"
+        assert all(np.array_equal(a, b) for a, b in zip(before, run(model)))
+    for model in (_attention_graph(8.0 ** 0.5), _attention_graph(3.0), _attention_graph(8.0, extra_reader=True)):
+        assert scale_queries_first(model) == 0
+        assert "Div" in [n.op_type for n in model.graph.node]
+
+
+def test_caption_graphs_scale_the_queries(tmp_path):
+    """The caption graphs as exported carry no Div of attention scores: each of the self- and
+    cross-attention scales of every layer is moved onto the queries (a BLIP with 16-wide heads, so
+    the scale is 1/4: the tiny profile's 8-wide heads have a scale that is not a power of two,
+    which stays where it is), and the graphs still pass the export check against PyTorch; the
+    step's outputs equal, bit for bit, those of the same graph exported without the move."""
+    import numpy as np
+    import torch
+    from transformers import BlipForConditionalGeneration
+
+    from export.core import export_model
+    from ssa.onnx_models import ort_session
+    from ssa.profiles import _blip
+
+    config, _ = _blip("tiny")
+    config.text_config.num_attention_heads = 2
+    torch.manual_seed(0)
+    model = BlipForConditionalGeneration(config).eval()
+    layers = config.text_config.num_hidden_layers
+    for name in ("blip_text_prefill", "blip_text_step"):
+        path = tmp_path / f"{name}.onnx"
+        assert export_model(SPECS[name], model, path) == 2 * layers, name
+        check_model(SPECS[name], model, path)
+        graph = onnx.load(str(path)).graph
+        producer = {o: n.op_type for n in graph.node for o in n.output}
+        assert not [n for n in graph.node if n.op_type == "Div" and producer.get(n.input[0]) == "MatMul"], name
+    spec = SPECS["blip_text_step"]
+    plain = dataclasses.replace(spec, scale_queries=False)
+    export_model(plain, model, tmp_path / "plain.onnx")
+    feed = {t.name: a.numpy() for t, a in zip(spec.inputs(model), spec.example(model, 3, 1))}
+    got = ort_session(tmp_path / "blip_text_step.onnx").run(None, feed)
+    expected = ort_session(tmp_path / "plain.onnx").run(None, feed)
+    assert all(np.array_equal(a, b) for a, b in zip(got, expected))
