@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 
-def _scalar_constants(graph) -> dict[str, float]:
+def _scalar_constants(graph) -> dict[str, np.ndarray]:
     """Graph values that are constant one-element tensors stored inline, by name."""
     from onnx import TensorProto, numpy_helper
 
@@ -29,12 +29,12 @@ def _scalar_constants(graph) -> dict[str, float]:
                 if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"]
     for name, tensor in tensors:
         if int(np.prod(tensor.dims, dtype=np.int64)) == 1:
-            found[name] = float(numpy_helper.to_array(tensor).reshape(-1)[0])
+            found[name] = numpy_helper.to_array(tensor).reshape(())
     return found
 
 
-def _power_of_two(value: float) -> bool:
-    return value > 0 and math.isfinite(value) and math.frexp(value)[0] == 0.5
+def _power_of_two(value: np.ndarray) -> bool:
+    return value.dtype.kind == "f" and value > 0 and math.isfinite(value) and math.frexp(float(value))[0] == 0.5
 
 
 def scale_queries_first(model) -> int:
@@ -60,7 +60,7 @@ def scale_queries_first(model) -> int:
                 or readers.get(matmul.output[0]) != 1):
             continue
         name = f"{div.name or div.output[0]}/on_query"
-        graph.initializer.append(numpy_helper.from_array(np.array(1.0 / divisor, dtype=np.float32), f"{name}/scale"))
+        graph.initializer.append(numpy_helper.from_array(np.asarray(1 / divisor, dtype=divisor.dtype), f"{name}/scale"))
         scaled = helper.make_node("Mul", [matmul.input[0], f"{name}/scale"], [f"{name}/output"], name=name)
         graph.node.insert(list(graph.node).index(matmul), scaled)
         matmul.input[0] = scaled.output[0]
