@@ -47,12 +47,8 @@ def scale_queries_first(model) -> int:
     graph = model.graph
     scalars = _scalar_constants(graph)
     producer = {out: node for node in graph.node for out in node.output}
-    readers: dict[str, int] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers[name] = readers.get(name, 0) + 1
-    readers.update({o.name: readers.get(o.name, 0) + 1 for o in graph.output})
-    moved = 0
+    readers = _readers(graph)
+    moved, divisors = 0, set()
     for div in [n for n in graph.node if n.op_type == "Div"]:
         divisor = scalars.get(div.input[1])
         matmul = producer.get(div.input[0])
@@ -66,18 +62,38 @@ def scale_queries_first(model) -> int:
         matmul.input[0] = scaled.output[0]
         matmul.output[0] = div.output[0]  # the MatMul now writes what the Div wrote
         graph.node.remove(div)
+        divisors.add(div.input[1])
         moved += 1
-    if moved:
-        _drop_unused_constants(graph)
+    _drop_unread(graph, divisors)
     return moved
 
 
-def _drop_unused_constants(graph) -> None:
-    """Initializers and Constant nodes nothing reads any more (the divisors moved away)."""
-    used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
-    for node in [n for n in graph.node if n.op_type == "Constant" and n.output[0] not in used]:
+def _readers(graph) -> dict[str, int]:
+    """How many nodes (those of sub-graphs too: If, Loop) and graph outputs read each value."""
+    from onnx import AttributeProto
+
+    counts: dict[str, int] = {}
+
+    def walk(g):
+        for node in g.node:
+            for name in node.input:
+                counts[name] = counts.get(name, 0) + 1
+            for attr in node.attribute:
+                for sub in [attr.g] if attr.type == AttributeProto.GRAPH else list(attr.graphs):
+                    walk(sub)
+        for out in g.output:
+            counts[out.name] = counts.get(out.name, 0) + 1
+
+    walk(graph)
+    return counts
+
+
+def _drop_unread(graph, names: set[str]) -> None:
+    """The constants `names` (the moved divisors), where nothing reads them any more."""
+    unread = {n for n in names if not _readers(graph).get(n)}
+    for node in [n for n in graph.node if n.op_type == "Constant" and n.output[0] in unread]:
         graph.node.remove(node)
-    keep = [t for t in graph.initializer if t.name in used]
+    keep = [t for t in graph.initializer if t.name not in unread]
     if len(keep) != len(graph.initializer):
         del graph.initializer[:]
         graph.initializer.extend(keep)

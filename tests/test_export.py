@@ -137,8 +137,9 @@ def test_clipseg_decoder_reduces_once_per_crop(tiny_profile, tiny_export):
         assert consumers and set(consumers) <= {"MatMul", "Gemm"}, (act, consumers)
 
 
-def _attention_graph(divisor: float, extra_reader: bool = False):
-    """softmax(Q K^T / divisor) V as the exporter writes it: MatMul -> Div(constant) -> Softmax."""
+def _attention_graph(divisor: float, extra_reader: bool = False, branch_reader: bool = False):
+    """softmax(Q K^T / divisor) V as the exporter writes it: MatMul -> Div(constant) -> Softmax;
+    the scores also a graph output (`extra_reader`) or read inside an If's branches (`branch_reader`)."""
     from onnx import TensorProto, helper
 
     value = helper.make_tensor("d", TensorProto.FLOAT, [], [divisor])
@@ -151,6 +152,14 @@ def _attention_graph(divisor: float, extra_reader: bool = False):
     outputs = [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)]
     if extra_reader:
         outputs.append(helper.make_tensor_value_info("scores", TensorProto.FLOAT, None))
+    if branch_reader:
+        def branch(tag):
+            return helper.make_graph([helper.make_node("Identity", ["scores"], [f"seen_{tag}"])], tag, [],
+                                     [helper.make_tensor_value_info(f"seen_{tag}", TensorProto.FLOAT, None)])
+        cond = helper.make_tensor("c", TensorProto.BOOL, [], [True])
+        nodes += [helper.make_node("Constant", [], ["cond"], value=cond),
+                  helper.make_node("If", ["cond"], ["seen"], then_branch=branch("then"), else_branch=branch("else"))]
+        outputs.append(helper.make_tensor_value_info("seen", TensorProto.FLOAT, None))
     inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2, t, 16]) for n, t in (("q", 1), ("k", 9), ("v", 9))]
     return helper.make_model(helper.make_graph(nodes, "attention", inputs, outputs),
                              opset_imports=[helper.make_opsetid("", 17)])
@@ -159,7 +168,7 @@ def _attention_graph(divisor: float, extra_reader: bool = False):
 def test_scale_moves_onto_the_queries_bit_for_bit():
     """A power-of-two attention scale moves from the scores onto the queries, and every output
     stays the same to the bit (ONNX Runtime); a divisor that is not a power of two, or scores that
-    another node reads, are left alone."""
+    something else reads (a graph output, a node inside an If's branch), are left alone."""
     import numpy as np
     import onnxruntime as ort
 
@@ -176,11 +185,12 @@ def test_scale_moves_onto_the_queries_bit_for_bit():
         before = run(model)
         assert scale_queries_first(model) == 1
         ops = [n.op_type for n in model.graph.node]
-        assert "Div" not in ops and ops.index("Mul") < ops.index("MatMul")
+        assert "Div" not in ops and "Constant" not in ops and ops.index("Mul") < ops.index("MatMul")
         mul = next(n for n in model.graph.node if n.op_type == "Mul")
         assert mul.input[0] == "q"
         assert all(np.array_equal(a, b) for a, b in zip(before, run(model)))
-    for model in (_attention_graph(8.0 ** 0.5), _attention_graph(3.0), _attention_graph(8.0, extra_reader=True)):
+    for model in (_attention_graph(8.0 ** 0.5), _attention_graph(3.0), _attention_graph(8.0, extra_reader=True),
+                  _attention_graph(8.0, branch_reader=True)):
         assert scale_queries_first(model) == 0
         assert "Div" in [n.op_type for n in model.graph.node]
 
