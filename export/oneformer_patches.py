@@ -5,9 +5,10 @@ What bakes the example's size into the graph (transformers 5.24): the pixel deco
 feature sizes), a data-dependent check in the deformable attention, and Swin's size-dependent
 padding/cropping branches. Each replacement below is numerically the original code
 (arange(h) + 0.5 == linspace(0.5, h - 0.5, h) in float32; zero-size pads and full-size crops are
-no-ops) and is applied only inside `patch_oneformer_for_dynamic_hw()`. One more is for OpenVINO's
+no-ops) and is applied only inside `patch_oneformer_for_dynamic_hw()`. Two more are for OpenVINO's
 sake: the transformer decoder's mask einsum written as the matmul PyTorch computes it (bit-identical
-in PyTorch). Every export checks the file
+in PyTorch), and the deformable attention's weighted sum over its samples laid out queries-last
+(`deformable_sum`: the same samples and products, summed in another order). Every export checks the file
 against the unpatched model at image sizes other than the one traced (`export.core.check_model`).
 """
 
@@ -160,9 +161,34 @@ def _msda_forward(self, hidden_states, attention_mask=None, encoder_hidden_state
                               + sampling_offsets / self.n_points * reference_points[:, :, None, :, None, 2:] * 0.5)
     else:
         raise ValueError(f"Last dim of reference_points must be 2 or 4, but got {reference_points.shape[-1]}")
-    output = mo.multi_scale_deformable_attention(value, spatial_shapes_list, sampling_locations, attention_weights)
+    output = deformable_sum(value, spatial_shapes_list, sampling_locations, attention_weights)
     output = self.output_proj(output)
     return output, attention_weights
+
+
+def deformable_sum(value, spatial_shapes_list, sampling_locations, attention_weights):
+    """mo.multi_scale_deformable_attention with the sampled values laid out (batch x heads, D,
+    levels x points, queries) instead of (..., queries, levels x points): the same bilinear
+    samples and the same products, summed over a middle axis with the queries contiguous. In
+    OpenVINO with dynamic image sizes the original's weighted sum (a Multiply broadcast over D,
+    then a ReduceSum over the innermost 12 values) ran as slow separate kernels; in this layout
+    the product and the sum stream along the queries (oneformer_coco, bf16: Multiply 0.96 -> 0.36
+    s, ReduceSum 0.43 s -> off the top of the profile, measured on a loaded machine). The sum's
+    order differs, so results move by float rounding (about 1e-6 of the largest value; the export
+    check bounds it)."""
+    batch, _, heads, dim = value.shape
+    _, queries, _, levels, points, _ = sampling_locations.shape
+    per_level = value.split([h * w for h, w in spatial_shapes_list], dim=1)
+    grids = 2 * sampling_locations - 1
+    sampled = []
+    for level, (h, w) in enumerate(spatial_shapes_list):
+        v = per_level[level].flatten(2).transpose(1, 2).reshape(batch * heads, dim, h, w)
+        # (B, Q, heads, P, 2) -> (B heads, P, Q, 2): a row of grid points per sampling point
+        grid = grids[:, :, :, level].permute(0, 2, 3, 1, 4).flatten(0, 1)
+        sampled.append(nn.functional.grid_sample(v, grid, mode="bilinear", padding_mode="zeros", align_corners=False))
+    weights = attention_weights.permute(0, 2, 3, 4, 1).reshape(batch * heads, 1, levels * points, queries)
+    output = (torch.cat(sampled, dim=2) * weights).sum(2).view(batch, heads * dim, queries)
+    return output.transpose(1, 2).contiguous()
 
 
 def _forward_prediction_heads(self, output, mask_features, attention_mask_target_size):

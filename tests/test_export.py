@@ -228,3 +228,23 @@ def test_caption_graphs_scale_the_queries(tmp_path):
     got = ort_session(tmp_path / "blip_text_step.onnx").run(None, feed)
     expected = ort_session(tmp_path / "plain.onnx").run(None, feed)
     assert all(np.array_equal(a, b) for a, b in zip(got, expected))
+
+
+def test_deformable_sum_is_the_deformable_attention():
+    """The export's deformable attention (samples laid out queries-last) gives what transformers'
+    multi_scale_deformable_attention gives, within float rounding, at levels of several sizes."""
+    import torch
+    from transformers.models.oneformer import modeling_oneformer as mo
+
+    from export.oneformer_patches import deformable_sum
+
+    g = torch.Generator().manual_seed(0)
+    shapes = [(13, 17), (7, 9), (4, 5)]
+    batch, heads, dim, queries, points = 2, 4, 8, sum(h * w for h, w in shapes), 4
+    value = torch.randn(batch, queries, heads, dim, generator=g)
+    locations = torch.rand(batch, queries, heads, len(shapes), points, 2, generator=g) * 1.2 - 0.1
+    weights = torch.rand(batch, queries, heads, len(shapes), points, generator=g).softmax(-1)
+    expected = mo.multi_scale_deformable_attention(value, shapes, locations, weights)
+    got = deformable_sum(value, shapes, locations, weights)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6 * float(expected.abs().max()))
