@@ -54,6 +54,7 @@ from client.engine_client import (
 from ssa.dataset import Item, Listing, Shard, TarMember
 from ssa.errors import InputError, read_input
 from ssa.layout import check_layout, remove_stale_parts
+from ssa.limits import MIB, document_limit
 from ssa.outputs import (
     RunSummary,
     annotated_document,
@@ -187,6 +188,10 @@ def load_payload(item: Item, cfg: RunnerConfig) -> Payload:
     else:
         annotations = item.annotations
     text = read_input(annotations, "annotation file")
+    limit = document_limit(cfg.in_flight * len(cfg.urls))
+    if len(text) > limit:
+        raise InputError(f"too large: an annotation file of {len(text) / MIB:,.0f} MiB is over the "
+                         f"{limit / MIB:,.0f} MiB this client parses at once", annotations)
     return Payload(image, text, parse_document(text, annotations), annotations)
 
 

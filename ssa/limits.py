@@ -33,6 +33,10 @@ FIXED = 768 * MIB  # one resize chunk, one chunk of mask regions, OneFormer's in
 # share of the instance's memory given to the images in progress (the rest: the models, the runtime)
 MEMORY_SHARE = {"cpu": 0.5, "cuda": 0.25}
 MAX_MASKS_CAP = 100_000  # masks per request at most, whatever the memory (a request is one image)
+# bytes of memory per byte of an annotation file while it is parsed, at most: Python's JSON objects
+# take up to 32 bytes per byte of text ("[[]]," nested empty lists, measured with tracemalloc; an
+# SA-1B file takes 3.3), so a file is refused before parsing when this times its size is over budget
+PER_DOCUMENT_BYTE = 40
 
 
 def image_bound(height: int, width: int, masks: int, batch_size: int, top_k: int) -> int:
@@ -85,6 +89,15 @@ class ServerLimits:
         max_masks = parse_limit("max_masks", params.get("max_masks", "auto"), min(MAX_MASKS_CAP, room // PER_MASK))
         return cls(budget, max_masks, max_pixels)
 
+    def check_document(self, height: int, width: int, size: int, batch_size: int, top_k: int) -> None:
+        """RequestTooLarge when parsing an annotation file of `size` bytes beside the image could
+        exceed the budget (`PER_DOCUMENT_BYTE`): checked before the file is parsed."""
+        need = image_bound(height, width, 0, batch_size, top_k) + PER_DOCUMENT_BYTE * size
+        if need > self.budget:
+            raise RequestTooLarge(f"an annotation file of {size / MIB:,.1f} MiB with an image of {width} x {height} "
+                                  f"pixels needs up to {need / MIB:,.0f} MiB to parse, over this server's "
+                                  f"{self.budget / MIB:,.0f} MiB per image (ssa_engine memory_budget_mb)")
+
     def check(self, height: int, width: int, masks: int, batch_size: int, top_k: int) -> None:
         """InputError (the request is refused) when the image, its masks or their bound exceed
         this server's limits; the message gives the figures and the setting to change."""
@@ -107,6 +120,14 @@ class RequestTooLarge(InputError):
 
     def __init__(self, problem: str):
         super().__init__(f"too large: {problem}")
+
+
+def document_limit(parsing_at_once: int, memory: int | None = None) -> int:
+    """The largest annotation file (bytes) a client parses: a quarter of the machine's memory shared
+    by the files it may parse at once (`PER_DOCUMENT_BYTE` each), so one huge file is refused
+    (recorded, the run goes on) instead of taking the client down."""
+    memory = memory_of("cpu") if memory is None else memory
+    return int(memory / 4 / max(1, parsing_at_once) / PER_DOCUMENT_BYTE)
 
 
 def parse_limit(key: str, value: str, auto: int) -> int:

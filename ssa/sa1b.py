@@ -88,6 +88,10 @@ def parse_document(text: str | bytes, source: str | Path | None = None) -> dict[
         doc = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"invalid JSON ({exc})", source) from exc
+    except RecursionError:  # nested deeper than the parser's stack: no annotation file is
+        raise InputError("invalid JSON (nested too deeply to be an annotation file)", source) from None
+    except ValueError as exc:  # an integer of more than Python's 4,300 digits, and the like
+        raise InputError(f"invalid JSON ({str(exc).split(';')[0]})", source) from exc
     if not isinstance(doc, dict):
         raise InputError("annotation file is not a JSON object", source)
     if not isinstance(doc.get("annotations"), list):
@@ -95,6 +99,10 @@ def parse_document(text: str | bytes, source: str | Path | None = None) -> dict[
     image = doc.get("image")
     if image is not None and not isinstance(image, dict):
         raise InputError("'image' is not an object", source)
+    for key in ("width", "height"):
+        value = (image or {}).get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise InputError(f"image {key} {value!r} is not a positive integer", source)
     for i, ann in enumerate(doc["annotations"]):
         if not isinstance(ann, dict):
             raise InputError(f"annotation #{i} is not an object", source)
@@ -137,7 +145,8 @@ def decode_annotations(doc: dict[str, Any], image_size: tuple[int, int], source:
     """
     height, width = image_size
     image = doc.get("image") or {}
-    if "width" in image and "height" in image and (image["height"], image["width"]) != (height, width):
+    stated = (image.get("height"), image.get("width"))
+    if None not in stated and stated != (height, width):
         raise InputError(
             f"annotation file says the image is {image['width']}x{image['height']} (WxH) "
             f"but the image is {width}x{height}",

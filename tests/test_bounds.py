@@ -6,6 +6,7 @@ goes on."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -15,10 +16,13 @@ import pytest
 from benchmarks.scaling import few_masks_document, jpeg, peak_rss
 from client.engine_client import annotate
 from ssa.examples import dense_document
-from ssa.limits import MIB, PER_MASK, PER_PIXEL, ServerLimits, image_bound
+from ssa.limits import MIB, PER_DOCUMENT_BYTE, PER_MASK, PER_PIXEL, ServerLimits, document_limit, image_bound
 from ssa.params import EngineParams
 from ssa.stub_health import living_instances
 
+# the limited server's memory budget over an image's fixed terms: room for the test's photos and
+# masks, and for annotation files of up to LIMITED_ROOM_MIB / PER_DOCUMENT_BYTE (2.5 MiB)
+LIMITED_ROOM_MIB = 100
 # peak resident memory of ssa_engine's process with 2,000 masks on one photo, at most this times
 # its peak with 100 (before the chunked data plane: ~6x on the tiny profile, 2.4 MB of crops a mask)
 MASKS_PEAK_RATIO = 1.25
@@ -79,15 +83,19 @@ def test_a_large_photo_stays_inside_the_stated_bound(own_server):
 
 @pytest.fixture(scope="module")
 def limited_server(tiny_export, tiny_profile, tmp_path_factory):
-    """A server whose ssa_engine takes at most 60 masks and 300,000 pixels per image (set at
-    generation, as `python -m model_repository generate --max_masks 60 --max_image_pixels 300000`)."""
+    """A server whose ssa_engine takes at most 60 masks and 300,000 pixels per image, and a memory
+    budget LIMITED_ROOM_MIB over an image's fixed terms (set at generation, as `python -m
+    model_repository generate --max_masks 60 --max_image_pixels 300000 --memory_budget_mb N`)."""
     from model_repository.generate import generate_repository
     from model_repository.server import EmbeddedServer
 
+    p = EngineParams()
+    budget_mb = -(-image_bound(0, 0, 0, p.batch_size, p.top_k) // MIB) + LIMITED_ROOM_MIB
     repo = generate_repository(tiny_export, tiny_profile, tmp_path_factory.mktemp("limited") / "repository", "cpu",
-                               limits={"max_masks": "60", "max_image_pixels": "300000"})
+                               limits={"max_masks": "60", "max_image_pixels": "300000",
+                                       "memory_budget_mb": str(budget_mb)})
     text = (repo / "ssa_engine" / "config.pbtxt").read_text()
-    assert 'string_value: "60"' in text and 'string_value: "300000"' in text
+    assert 'string_value: "60"' in text and 'string_value: "300000"' in text and f'"{budget_mb}"' in text
     with EmbeddedServer(repo, log_path=tmp_path_factory.mktemp("log") / "triton.log") as s:
         yield s
 
@@ -110,15 +118,20 @@ def test_requests_over_the_limits_are_refused_and_the_run_goes_on(limited_server
     big = np.asarray(Image.fromarray(rgb).resize((700, 500)))  # 350,000 pixels
     (data / "big.jpg").write_bytes(jpeg(big))
     (data / "big.json").write_text(json.dumps(dense_document(big, 3, 9, "big.jpg")))
+    shutil.copy(example_dir / "sa_3.jpg", data / "wordy.jpg")  # a valid file, but 4 MiB of JSON to parse
+    doc = json.loads((example_dir / "sa_3.json").read_text())
+    (data / "wordy.json").write_text(json.dumps({**doc, "notes": ["x" * 1000] * 4096}))
     summary, stop = annotate_dataset(RunnerConfig(urls=[limited_server.url], out_dir=tmp_path / "out", progress=False),
                                      listings([data]))
     assert stop is None and summary.done == 2
     failures = {Path(f["file"]).name: f["reason"] for f in summary.failures}
-    assert set(failures) == {"dense.jpg", "big.jpg"}, failures
+    assert set(failures) == {"dense.jpg", "big.jpg", "wordy.jpg"}, failures
     assert "too large: 61 masks exceed this server's limit of 60 masks per image (ssa_engine max_masks)" \
         in failures["dense.jpg"]
     assert "too large: image of 700 x 500 = 350,000 pixels exceeds this server's limit of 300,000 pixels" \
         in failures["big.jpg"]
+    assert re.search(r"too large: an annotation file of [\d.]+ MiB with an image of 600 x 400 pixels needs up to "
+                     r"[\d,]+ MiB to parse, over this server's [\d,]+ MiB per image", failures["wordy.jpg"])
     assert sorted(p.name for p in (tmp_path / "out" / "data").glob("*_semantic.json")) == ["sa_1_semantic.json",
                                                                                            "sa_3_semantic.json"]
 
@@ -133,6 +146,11 @@ def test_server_limits_from_the_config():
     fixed.check(10, 100, 5, 32, 3)
     with pytest.raises(ValueError, match="max_masks"):
         fixed.check(10, 100, 6, 32, 3)
+    room = fixed.budget - image_bound(10, 100, 0, 32, 3)
+    fixed.check_document(10, 100, room // PER_DOCUMENT_BYTE, 32, 3)
+    with pytest.raises(ValueError, match=r"annotation file of [\d.]+ MiB .* needs up to [\d,]+ MiB to parse"):
+        fixed.check_document(10, 100, room // PER_DOCUMENT_BYTE + 1, 32, 3)
+    assert document_limit(4, memory=16 << 30) == (16 << 30) // 16 // PER_DOCUMENT_BYTE
     tight = ServerLimits(budget=1024 * MIB, max_masks=10**6, max_pixels=10**9)
     with pytest.raises(ValueError, match=r"needs up to [\d,]+ MiB, over this server's 1,024 MiB per image"):
         tight.check(10_000, 10_000, 10, 32, 3)

@@ -75,6 +75,11 @@ def test_rle_of_another_size_is_rejected():
         ('{"annotations": [3]}', "annotation #0 is not an object"),
         ('{"annotations": [{"id": 4, "bbox": [0, 0, 1, 1]}]}', "annotation id=4 has no 'segmentation'"),
         (b"\xff\xfe\x00garbage", "invalid JSON"),
+        ('{"annotations": ' + "[" * 100_000 + "]" * 100_000 + "}", r"invalid JSON \(nested too deeply"),
+        ('{"annotations": [], "image": {"id": ' + "9" * 5000 + "}}", r"invalid JSON \(Exceeds the limit"),
+        ('{"annotations": [], "image": {"width": "8", "height": 6}}', "image width '8' is not a positive integer"),
+        ('{"annotations": [], "image": {"width": 8, "height": 0}}', "image height 0 is not a positive integer"),
+        ('{"annotations": [], "image": {"width": true, "height": 6}}', "image width True is not a positive integer"),
     ],
 )
 def test_invalid_json_names_the_file(tmp_path, text, message):

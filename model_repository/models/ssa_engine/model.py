@@ -227,7 +227,9 @@ class TritonPythonModel:
         data = bytes_of(request, "image")
         height, width = image_size(data, "image")  # the header only: a huge image is refused undecoded
         self.limits.check(height, width, 0, params.batch_size, params.top_k)
-        doc = parse_document(bytes_of(request, "annotations"), "annotations")
+        text = bytes_of(request, "annotations")
+        self.limits.check_document(height, width, len(text), params.batch_size, params.top_k)
+        doc = parse_document(text, "annotations")
         self.limits.check(height, width, len(doc["annotations"]), params.batch_size, params.top_k)
         image = decode_image(data, "image")
         masks = decode_annotations(doc, image.shape[:2], "annotations")
