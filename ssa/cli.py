@@ -180,8 +180,12 @@ def cmd_annotate(args: argparse.Namespace) -> int:
     check_layout(args.out_dir)
     if args.in_flight < 1:
         raise ValueError("--in_flight must be at least 1")
-    if args.grace < 0:
+    if not args.grace >= 0:
         raise ValueError("--grace must be at least 0")
+    if args.timeout is not None and not args.timeout > 0:
+        raise ValueError(f"--timeout must be a positive number of seconds, got {args.timeout}")
+    if not args.retry_limit >= 0:
+        raise ValueError("--retry_limit must be at least 0")
     cfg = RunnerConfig(urls=args.url or ["127.0.0.1:8001"], out_dir=args.out_dir, params=params_from(args),
                        vocabulary=vocabulary_from(args), sam_params=sam_params_from(args.sam),
                        force_sam=args.force_sam,

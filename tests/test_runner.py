@@ -511,3 +511,26 @@ def test_a_signal_while_waiting_for_the_servers_stops_at_once(tmp_path, example_
         runner.kill() if runner.poll() is None else None
     text = log.read_text()
     assert runner.returncode == 75 and "before the servers were ready" in text, text
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--in_flight", "0"], "--in_flight must be at least 1"),
+    (["--grace", "-5"], "--grace must be at least 0"),
+    (["--timeout", "0"], "--timeout must be a positive number of seconds"),
+    (["--timeout", "nan"], "--timeout must be a positive number of seconds"),
+    (["--retry_limit", "-1"], "--retry_limit must be at least 0"),
+    (["--top_k", "0"], "top_k must be between 1 and 20"),
+    (["--scale_small", "nan"], "scale_small must be between"),
+    (["--shard", "3/2"], "--shard '3/2'"),
+    (["--sam", "bogus=1"], "unknown SAM parameter"),
+    (["--vocabulary", "/nonexistent/names.txt"], "cannot read vocabulary file"),
+])
+def test_usage_errors_exit_2_with_the_reason(args, message, example_dir, tmp_path, capsys):
+    from ssa.cli import main
+
+    code = main(["annotate", "--data", str(example_dir), "--out_dir", str(tmp_path / "out"),
+                 "--url", "127.0.0.1:1", *args])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ssa annotate: error: ") and message in err, err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*_semantic.json"))
