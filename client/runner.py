@@ -54,7 +54,7 @@ from client.engine_client import (
 from ssa.dataset import Item, Listing, Shard, TarMember
 from ssa.errors import InputError, read_input
 from ssa.layout import check_layout, remove_stale_parts
-from ssa.limits import MIB, document_limit
+from ssa.limits import document_limit
 from ssa.outputs import (
     RunSummary,
     annotated_document,
@@ -72,6 +72,9 @@ EXPECTED_INPUTS = {"image": "BYTES", "annotations": "BYTES", "params": "BYTES"}
 EXPECTED_OUTPUTS = {"class_name": "BYTES", "class_proposals": "BYTES", "proposal_scores": "FP32",
                     "vote_share": "FP32", "caption": "BYTES"}
 # gRPC statuses and server messages that mean "not now" rather than "bad request"
+# what one gRPC request can carry (tritonclient's and Triton's message limit, 2 GiB), less room
+# for the parameters: an image and its annotation file over it are refused before they are read
+MAX_REQUEST_BYTES = (2**31 - 1) - (1 << 20)  # tritonclient.grpc's MAX_GRPC_MESSAGE_SIZE
 TRANSIENT_STATUS = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "UNKNOWN", "RESOURCE_EXHAUSTED")
 TRANSIENT_TEXT = ("stub process", "is not healthy", "not ready", "unknown model", "failed to connect",
                   "connection reset", "socket closed", "is not found", "unavailable")
@@ -179,7 +182,7 @@ def load_payload(item: Item, cfg: RunnerConfig) -> Payload:
     """The bytes to send and the parsed document (to write back); InputError for a bad file. An
     image without annotations (or every image with `force_sam`) gets SAM's masks: those of an
     earlier run when `<out_dir>/<stem>.json` exists, else none yet (document None)."""
-    image = read_input(item.image, "image")
+    image = read_input(item.image, "image", MAX_REQUEST_BYTES)
     if item.annotations is None or cfg.force_sam:
         generated = generated_path(cfg, item)
         if cfg.overwrite or not generated.is_file():
@@ -187,11 +190,8 @@ def load_payload(item: Item, cfg: RunnerConfig) -> Payload:
         annotations = generated
     else:
         annotations = item.annotations
-    text = read_input(annotations, "annotation file")
-    limit = document_limit(cfg.in_flight * len(cfg.urls))
-    if len(text) > limit:
-        raise InputError(f"too large: an annotation file of {len(text) / MIB:,.0f} MiB is over the "
-                         f"{limit / MIB:,.0f} MiB this client parses at once", annotations)
+    limit = min(document_limit(cfg.in_flight * len(cfg.urls)), MAX_REQUEST_BYTES - len(image))
+    text = read_input(annotations, "annotation file", limit)
     return Payload(image, text, parse_document(text, annotations), annotations)
 
 

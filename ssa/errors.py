@@ -27,10 +27,16 @@ class InputError(ValueError):
         return self if self.source else InputError(self.problem, source)
 
 
-def read_input(path, what: str) -> bytes:
-    """The bytes of an input file (a path, or anything with `read_bytes()` such as a member of a
-    tar shard); InputError naming it (and `what` it is) when it cannot be read."""
+def read_input(path, what: str, max_bytes: int | None = None) -> bytes:
+    """The bytes of an input file (a path, or anything with `read_bytes()` and `size` such as a
+    member of a tar shard); InputError naming it (and `what` it is) when it cannot be read, or when
+    it is over `max_bytes` (checked before anything is read)."""
     try:
+        if max_bytes is not None:
+            size = path.size if hasattr(path, "size") else Path(path).stat().st_size
+            if size > max_bytes:
+                raise InputError(f"too large: {what} of {size / (1 << 20):,.0f} MiB is over the "
+                                 f"{max_bytes / (1 << 20):,.0f} MiB this client takes", path)
         return path.read_bytes() if hasattr(path, "read_bytes") else Path(path).read_bytes()
     except OSError as exc:
         raise InputError(f"cannot read {what} ({exc.strerror or exc})", path) from exc

@@ -61,3 +61,15 @@ def test_unreadable_image_names_the_file(tmp_path, data):
 def test_missing_image_names_the_file(tmp_path):
     with pytest.raises(InputError, match="missing.png: cannot read image"):
         load_image(tmp_path / "missing.png")
+
+
+def test_an_input_over_the_size_limit_is_refused_before_it_is_read(tmp_path):
+    from ssa.dataset import TarMember
+    from ssa.errors import read_input
+
+    path = tmp_path / "huge.jpg"
+    path.write_bytes(b"\xff\xd8" + bytes(3 << 20))
+    for source in (path, TarMember(path, "huge.jpg", 0, path.stat().st_size)):
+        with pytest.raises(InputError, match=r"huge.jpg: too large: image of 3 MiB is over the 2 MiB this client takes"):
+            read_input(source, "image", 2 << 20)
+    assert len(read_input(path, "image", 4 << 20)) == path.stat().st_size
