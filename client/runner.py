@@ -84,6 +84,7 @@ MAX_DEATHS = 2  # model processes dead on one image before the image is failed (
 DEAD_STUB = re.compile(r"Stub process '(?P<instance>[^']+)' is not healthy|Stub process is not healthy|"
                        r"Failed to obtain the health mutex")
 EXIT_FAILURES, EXIT_MISMATCH, EXIT_SERVERS_DOWN = 1, 2, 3
+EXIT_UNWRITABLE = 4  # the outputs could not be written (disk full, permissions): fix it and rerun to resume
 EXIT_INTERRUPTED = 75  # stopped by SIGTERM / SIGINT after draining: run again to resume (sysexits' EX_TEMPFAIL)
 # seconds the requests in flight get after SIGTERM: under Slurm's and Kubernetes' default 30 s
 # between SIGTERM and SIGKILL (KillWait, terminationGracePeriodSeconds), with time left to exit
@@ -94,6 +95,15 @@ FAILED, GIVEN_UP, INTERRUPTED = object(), object(), object()  # outcomes of a re
 
 class ServersUnavailable(RuntimeError):
     """No server could be reached within the retry limit."""
+
+
+class OutputUnwritable(RuntimeError):
+    """An output could not be written (disk full, permissions, a read-only folder): the run stops,
+    as every later image would fail the same way; what was written is complete (atomic writes)."""
+
+    def __init__(self, path, exc: OSError):
+        super().__init__(f"stopped: cannot write {path} ({exc.strerror or exc}); free space or fix the "
+                         f"folder's permissions, then rerun to resume")
 
 
 class ServerMismatch(RuntimeError):
@@ -370,7 +380,11 @@ class Run:
         `ssa status` sees a running task's failures; `final`: now, whatever the time."""
         now = time.monotonic()
         if final or now - self.failures_written >= FAILURES_EVERY:
-            write_failures(self.cfg.out_dir, self.summary.failures, failures_path_name(self.cfg.shard))
+            name = failures_path_name(self.cfg.shard)
+            try:
+                write_failures(self.cfg.out_dir, self.summary.failures, name)
+            except OSError as exc:
+                raise OutputUnwritable(self.cfg.out_dir / name, exc) from exc
             self.failures_written = now
 
     def on_signal(self, signum: int) -> None:
@@ -587,7 +601,10 @@ class Run:
         document = json.loads(text_of(result.as_numpy("annotations").reshape(-1)[0]))
         document["image"].update(file_name=PurePosixPath(str(item.image)).name, image_id=image_id(item.stem))
         text = json.dumps(document).encode("utf-8")
-        await asyncio.to_thread(write_bytes_atomic, generated_path(self.cfg, item), text)
+        try:
+            await asyncio.to_thread(write_bytes_atomic, generated_path(self.cfg, item), text)
+        except OSError as exc:
+            raise OutputUnwritable(generated_path(self.cfg, item), exc) from exc
         payload.document, payload.document_bytes = document, text
         payload.source = generated_path(self.cfg, item)
         return result
@@ -619,6 +636,8 @@ class Run:
         except ValueError as exc:
             self.fail({"file": str(item.image), "reason": str(exc)})
             return True
+        except OSError as exc:
+            raise OutputUnwritable(output_paths(cfg.out_dir, item.key)[0], exc) from exc
         self.done(len(labels))
         return True
 
@@ -691,10 +710,13 @@ def annotate_dataset(cfg: RunnerConfig, sources: Iterator[Listing]) -> tuple[Run
     stop = None
     try:
         asyncio.run(run.run())
-    except (ServersUnavailable, ServerMismatch, Interrupted) as exc:
+    except (ServersUnavailable, ServerMismatch, Interrupted, OutputUnwritable) as exc:
         stop = exc
     summary = run.summary
     summary.seconds = time.perf_counter() - run.start
-    path = write_failures(cfg.out_dir, summary.failures, failures_path_name(cfg.shard))
+    try:
+        path = write_failures(cfg.out_dir, summary.failures, failures_path_name(cfg.shard))
+    except OSError as exc:
+        path, stop = None, stop or OutputUnwritable(cfg.out_dir / failures_path_name(cfg.shard), exc)
     print(summary.line() + (f"; failures listed in {path}" if path else ""), file=sys.stderr)
     return summary, stop

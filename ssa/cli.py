@@ -168,7 +168,9 @@ def cmd_annotate(args: argparse.Namespace) -> int:
         EXIT_INTERRUPTED,
         EXIT_MISMATCH,
         EXIT_SERVERS_DOWN,
+        EXIT_UNWRITABLE,
         Interrupted,
+        OutputUnwritable,
         RunnerConfig,
         ServerMismatch,
         annotate_dataset,
@@ -211,6 +213,8 @@ def cmd_annotate(args: argparse.Namespace) -> int:
         print(f"ssa annotate: {stop}", file=sys.stderr)
         if isinstance(stop, Interrupted):
             return EXIT_INTERRUPTED
+        if isinstance(stop, OutputUnwritable):
+            return EXIT_UNWRITABLE
         return EXIT_MISMATCH if isinstance(stop, ServerMismatch) else EXIT_SERVERS_DOWN
     return EXIT_FAILURES if summary.failures else 0
 
@@ -325,7 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "signal stops at once. Nothing is half-written either way.\n\n"
                     "Exit status: 0 all done; 1 some files failed; 2 usage error, or a server whose ssa_engine\n"
                     "does not match this client; 3 servers unreachable for longer than --retry_limit (rerun\n"
-                    "to resume); 75 interrupted by a signal (rerun to resume).",
+                    "to resume); 4 outputs could not be written (disk full, permissions: fix, then rerun to\n"
+                    "resume); 75 interrupted by a signal (rerun to resume).",
         epilog="examples:\n"
                "  ssa annotate --embedded artifacts/repository/tiny-cpu --data artifacts/examples --out_dir out\n"
                "  ssa annotate --url node1:8001 --url node2:8001 --data /data/sa1b/sa_000000.tar --out_dir out\n"

@@ -534,3 +534,37 @@ def test_usage_errors_exit_2_with_the_reason(args, message, example_dir, tmp_pat
     err = capsys.readouterr().err
     assert err.startswith("ssa annotate: error: ") and message in err, err
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*_semantic.json"))
+
+
+def test_a_full_disk_stops_the_run_and_a_rerun_resumes(server, example_dir, folder_run, tmp_path, monkeypatch, capsys):
+    """Outputs that cannot be written (here the third JSON: ENOSPC, as on a full disk) stop the run
+    with exit status 4 and the reason, nothing half-written; once there is room a rerun finishes it
+    with the bytes of an uninterrupted run."""
+    import errno
+
+    import ssa.outputs
+    from ssa.cli import main
+
+    real, calls = ssa.outputs.write_json_atomic, []
+
+    def full_after_two(path, document):
+        calls.append(path)
+        if len(calls) > 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), f"{path}.part")
+        real(path, document)
+
+    monkeypatch.setattr(ssa.outputs, "write_json_atomic", full_after_two)
+    out = tmp_path / "out"
+    code = main(["annotate", "--data", str(example_dir), "--out_dir", str(out), "--url", server.url,
+                 "--in_flight", "1"])
+    err = capsys.readouterr().err
+    assert code == 4, err
+    assert "stopped: cannot write " in err and "_semantic.json (No space left on device)" in err and "rerun" in err
+    written = outputs(out)
+    assert len(written) == 2 and all(folder_run_bytes == written[k] for k, folder_run_bytes in
+                                     outputs(folder_run[0]).items() if k in written)
+    assert_no_temporary_file(out)
+    monkeypatch.setattr(ssa.outputs, "write_json_atomic", real)  # room again
+    summary, stop = run([server.url], [example_dir], out)
+    assert stop is None and (summary.done, summary.skipped) == (4, 2)
+    assert outputs(out) == outputs(folder_run[0])
