@@ -63,8 +63,8 @@ def parse_sam_params(raw: bytes | None, defaults: SamParams) -> SamParams:
         return defaults
     try:
         return SamParams.from_dict(json.loads(raw.decode("utf-8")), defaults)
-    except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError) as exc:
-        raise InputError(f"invalid params ({exc})") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError, RecursionError) as exc:
+        raise InputError(f"invalid params ({'JSON nested too deeply' if isinstance(exc, RecursionError) else exc})") from exc
 
 
 class TritonPythonModel:

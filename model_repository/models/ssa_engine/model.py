@@ -141,8 +141,8 @@ def parse_params(request, defaults: EngineParams) -> tuple[EngineParams, Vocabul
         params = EngineParams.from_dict(values, defaults)
     except InputError as exc:
         raise InputError(f"invalid params ({exc.problem})") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError) as exc:
-        raise InputError(f"invalid params ({exc})") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError, RecursionError) as exc:
+        raise InputError(f"invalid params ({'JSON nested too deeply' if isinstance(exc, RecursionError) else exc})") from exc
     if params.clipseg_size != defaults.clipseg_size:
         raise InputError(f"invalid params (clipseg_size is fixed at {defaults.clipseg_size} by the exported "
                          f"CLIPSeg model, got {params.clipseg_size})")
