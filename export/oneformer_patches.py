@@ -8,7 +8,9 @@ padding/cropping branches. Each replacement below is numerically the original co
 no-ops) and is applied only inside `patch_oneformer_for_dynamic_hw()`. Two more are for OpenVINO's
 sake: the transformer decoder's mask einsum written as the matmul PyTorch computes it (bit-identical
 in PyTorch), and the deformable attention's weighted sum over its samples laid out queries-last
-(`deformable_sum`: the same samples and products, summed in another order). Every export checks the file
+(`deformable_sum`: the same samples and products, summed in another order), and the sine position
+embeddings computed per row and column, then broadcast (`separable_sine_embedding`: the same values
+bit for bit). Every export checks the file
 against the unpatched model at image sizes other than the one traced (`export.core.check_model`).
 """
 
@@ -257,6 +259,46 @@ def _swin_layer_forward(self, hidden_states, input_dimensions, always_partition=
     return hidden_states, attn_weights
 
 
+def separable_sine_embedding(shape, device, dtype, num_position_features: int, normalize: bool = False,
+                             scale: float | None = None, temperature: int = 10000) -> torch.Tensor:
+    """OneFormerSinePositionEmbedding without a mask, computed per row and per column, then
+    broadcast: the same values bit for bit (each is the same elementwise chain of the same row or
+    column index), but sin/cos and the interleave over H + W positions instead of H x W. The graph
+    computes it on every call (it depends on the input size only): as written, 6% of OneFormer
+    COCO's OpenVINO bf16 time went to it, in reference Concat/Slice/Sin kernels over 200 x 267 x 256
+    maps."""
+    batch_size, _, height, width = shape
+    y_embed = torch.arange(1, height + 1, dtype=dtype, device=device)
+    x_embed = torch.arange(1, width + 1, dtype=dtype, device=device)
+    if normalize:
+        eps = 1e-6
+        y_embed = y_embed / (y_embed[-1:] + eps) * scale
+        x_embed = x_embed / (x_embed[-1:] + eps) * scale
+    dim_t = torch.arange(num_position_features, dtype=torch.int64, device=device).to(dtype)
+    dim_t = temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / num_position_features)
+
+    def interleaved(embed):  # (n,) -> (F, n): sin of the even features, cos of the odd, interleaved
+        pos = embed[:, None] / dim_t
+        return torch.stack((pos[:, 0::2].sin(), pos[:, 1::2].cos()), dim=2).flatten(1).transpose(0, 1)
+
+    features = dim_t.shape[0]
+    pos_y = interleaved(y_embed)[None, :, :, None].expand(batch_size, features, height, width)
+    pos_x = interleaved(x_embed)[None, :, None, :].expand(batch_size, features, height, width)
+    return torch.cat((pos_y, pos_x), dim=1)
+
+
+def _sine_embedding_forward(self, shape, device, dtype, mask=None):
+    """OneFormerSinePositionEmbedding.forward: the separable form where there is no mask (every
+    call in OneFormer's inference), the original otherwise."""
+    if mask is not None:
+        return _ORIGINAL_SINE_FORWARD(self, shape, device, dtype, mask)
+    return separable_sine_embedding(shape, device, dtype, self.num_position_features, self.normalize, self.scale,
+                                    self.temperature)
+
+
+_ORIGINAL_SINE_FORWARD = mo.OneFormerSinePositionEmbedding.forward
+
+
 @contextlib.contextmanager
 def patch_oneformer_for_dynamic_hw(swin=True):
     """Monkeypatch the OneFormer code paths that bake H/W into the exported graph, and the mask
@@ -269,6 +311,7 @@ def patch_oneformer_for_dynamic_hw(swin=True):
          mo.OneFormerPixelDecoderEncoderMultiscaleDeformableAttention.__dict__["forward"]),
         (mo.OneFormerTransformerDecoder, "forward_prediction_heads",
          mo.OneFormerTransformerDecoder.__dict__["forward_prediction_heads"]),
+        (mo.OneFormerSinePositionEmbedding, "forward", mo.OneFormerSinePositionEmbedding.__dict__["forward"]),
     ]
     if swin:
         saved += [(ms.SwinPatchEmbeddings, "maybe_pad", ms.SwinPatchEmbeddings.__dict__["maybe_pad"]),
@@ -281,6 +324,7 @@ def patch_oneformer_for_dynamic_hw(swin=True):
     mo.OneFormerPixelDecoderEncoderOnly.get_reference_points = staticmethod(_get_reference_points)
     mo.OneFormerPixelDecoderEncoderMultiscaleDeformableAttention.forward = _msda_forward
     mo.OneFormerTransformerDecoder.forward_prediction_heads = _forward_prediction_heads
+    mo.OneFormerSinePositionEmbedding.forward = _sine_embedding_forward
     try:
         yield
     finally:

@@ -248,3 +248,27 @@ def test_deformable_sum_is_the_deformable_attention():
     got = deformable_sum(value, shapes, locations, weights)
     assert got.shape == expected.shape
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-6 * float(expected.abs().max()))
+
+
+@pytest.mark.parametrize("height, width", [(7, 11), (200, 267), (1, 5), (64, 1)])
+@pytest.mark.parametrize("normalize", [False, True])
+def test_separable_sine_embedding_is_the_embedding_bit_for_bit(height, width, normalize):
+    """The export's position embedding (per row and column, then broadcast) is transformers'
+    OneFormerSinePositionEmbedding to the bit, and only inside the export's patch."""
+    import torch
+    from transformers.models.oneformer import modeling_oneformer as mo
+
+    from export.oneformer_patches import patch_oneformer_for_dynamic_hw
+
+    for features, dtype in ((64, torch.float32), (128, torch.float16)):
+        module = mo.OneFormerSinePositionEmbedding(num_position_features=features, normalize=normalize)
+        shape = (2, 3, height, width)
+        expected = module(shape, "cpu", dtype)
+        with patch_oneformer_for_dynamic_hw():
+            got = module(shape, "cpu", dtype)
+        assert got.dtype == expected.dtype and got.shape == expected.shape
+        assert torch.equal(got, expected)
+    original = mo.OneFormerSinePositionEmbedding.forward
+    with patch_oneformer_for_dynamic_hw():
+        assert mo.OneFormerSinePositionEmbedding.forward is not original
+    assert mo.OneFormerSinePositionEmbedding.forward is original
