@@ -33,7 +33,7 @@ def parse_counts(counts: bytes, pixels: int) -> np.ndarray:
     c = np.frombuffer(counts, np.uint8).astype(np.int64) - 48
     if c.size == 0 or c[-1] & 0x20:
         raise InputError("RLE counts are corrupt (the string ends inside a number)" if c.size
-                         else "RLE counts are empty")
+                         else "RLE counts are corrupt (empty)")
     last = (c & 0x20) == 0  # the last character of each number
     ends = np.flatnonzero(last)
     starts = np.concatenate(([0], ends[:-1] + 1))
@@ -77,12 +77,13 @@ def rle_object(segmentation: Any, image_size: tuple[int, int]) -> dict[str, Any]
         return mask_utils.frPyObjects({"size": list(size), "counts": counts}, size[0], size[1])
     if isinstance(counts, str):
         if not _COUNTS_ALPHABET.fullmatch(counts):
-            raise InputError(f"RLE counts hold a character outside COCO's '0'-'o' alphabet: {_first_foreign(counts)!r}")
+            raise InputError(f"RLE counts are corrupt (a character outside COCO's '0'-'o' alphabet: "
+                             f"{_first_foreign(counts)!r})")
         counts = counts.encode("ascii")
     elif isinstance(counts, bytes):
         if not _COUNTS_ALPHABET_BYTES.fullmatch(counts):
-            raise InputError(f"RLE counts hold a byte outside COCO's '0'-'o' alphabet: "
-                             f"{_first_foreign(counts.decode('latin-1'))!r}")
+            raise InputError(f"RLE counts are corrupt (a byte outside COCO's '0'-'o' alphabet: "
+                             f"{_first_foreign(counts.decode('latin-1'))!r})")
     else:
         raise InputError(f"RLE counts has type {type(counts).__name__}, expected a string")
     runs = parse_counts(counts, size[0] * size[1])
