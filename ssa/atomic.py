@@ -14,9 +14,10 @@ from typing import Any
 def write_json_atomic(path: str | Path, obj: Any) -> None:
     """Write `obj` as JSON to `path` so that the file is either whole or absent.
 
-    The data goes to a temporary file in the same folder, is flushed to disk, then renamed.
+    The data goes to a temporary file in the same folder, is flushed to disk, then renamed. A NaN
+    or infinity is refused (ValueError) rather than written as a token no JSON parser reads.
     """
-    write_bytes_atomic(path, json.dumps(obj, ensure_ascii=False).encode("utf-8"))
+    write_bytes_atomic(path, json.dumps(obj, ensure_ascii=False, allow_nan=False).encode("utf-8"))
 
 
 def file_mode() -> int:

@@ -82,10 +82,20 @@ class MaskSet:
         return cls(rles, extents, bboxes, tuple(size))
 
 
+class _NotJson(ValueError):
+    pass
+
+
+def _not_json(name: str):
+    raise _NotJson(name)
+
+
 def parse_document(text: str | bytes, source: str | Path | None = None) -> dict[str, Any]:
     """Parse an SA-1B JSON document and check its structure (not yet against an image)."""
     try:
-        doc = json.loads(text)
+        doc = json.loads(text, parse_constant=_not_json)
+    except _NotJson as exc:  # Python reads NaN and Infinity; no JSON parser elsewhere does
+        raise InputError(f"invalid JSON ({exc} is not a JSON value)", source) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"invalid JSON ({exc})", source) from exc
     except RecursionError:  # nested deeper than the parser's stack: no annotation file is

@@ -99,6 +99,9 @@ def test_mask_bbox_is_xywh():
         ({"size": [8, 8], "counts": "PR0"}, "not the encoding pycocotools writes"),  # 64 in 3 characters, not 2
         ({"size": [8, 8], "counts": "n00R1"}, "do not describe a mask"),  # runs 30, 0, 34: the mask of one run
         ({"size": [8, 8], "counts": [1, 2, 3]}, "do not add up"),
+        ({"size": [8, 8], "counts": [True] * 64}, "hold True: runs are non-negative integers"),  # JSON's true
+        ({"size": [8, 8], "counts": [32.0, 32]}, "hold 32.0: runs are non-negative integers"),
+        ({"size": [8, 8], "counts": [70, -6]}, "hold -6: runs are non-negative integers"),
         ({"size": [8, 8], "counts": 12}, "expected a string"),
     ],
 )

@@ -80,6 +80,8 @@ def test_rle_of_another_size_is_rejected():
         ('{"annotations": [], "image": {"width": "8", "height": 6}}', "image width '8' is not a positive integer"),
         ('{"annotations": [], "image": {"width": 8, "height": 0}}', "image height 0 is not a positive integer"),
         ('{"annotations": [], "image": {"width": true, "height": 6}}', "image width True is not a positive integer"),
+        ('{"annotations": [], "score": NaN}', r"invalid JSON \(NaN is not a JSON value\)"),
+        ('{"annotations": [{"bbox": [0, 0, -Infinity, 1]}]}', r"invalid JSON \(-Infinity is not a JSON value\)"),
     ],
 )
 def test_invalid_json_names_the_file(tmp_path, text, message):
@@ -95,6 +97,12 @@ def test_unknown_fields_are_kept():
     doc["annotations"][0]["crop_box"] = [0, 0, 8, 6]
     doc["extra"] = {"anything": 1}
     assert parse_document(json.dumps(doc)) == doc
+
+
+def test_outputs_never_hold_what_json_has_no_token_for(tmp_path):
+    with pytest.raises(ValueError):
+        write_json_atomic(tmp_path / "x.json", {"score": float("nan")})
+    assert not list(tmp_path.iterdir())
 
 
 def test_atomic_write_leaves_no_partial_file(tmp_path):
