@@ -72,9 +72,9 @@ def rle_object(segmentation: Any, image_size: tuple[int, int]) -> dict[str, Any]
         raise InputError(f"RLE size {list(size)} differs from the image size {list(image_size)} (height, width)")
     counts = segmentation["counts"]
     if isinstance(counts, list):
-        if not all(type(c) is int and c >= 0 for c in counts):  # bool is an int in Python, not in JSON
-            bad = next(c for c in counts if type(c) is not int or c < 0)
-            raise InputError(f"uncompressed RLE counts hold {bad!r}: runs are non-negative integers")
+        for c in counts:
+            if type(c) is not int or c < 0:  # bool is an int in Python, not in JSON
+                raise InputError(f"uncompressed RLE counts hold {c!r}: runs are non-negative integers")
         if sum(counts) != size[0] * size[1]:
             raise InputError("uncompressed RLE counts do not add up to height * width")
         return mask_utils.frPyObjects({"size": list(size), "counts": counts}, size[0], size[1])
