@@ -10,13 +10,16 @@ sake: the transformer decoder's mask einsum written as the matmul PyTorch comput
 in PyTorch), and the deformable attention's weighted sum over its samples laid out queries-last
 (`deformable_sum`: the same samples and products, summed in another order), and the sine position
 embeddings computed per row and column, then broadcast (`separable_sine_embedding`: the same values
-bit for bit). Every export checks the file
+bit for bit), and the masked cross-attention given one boolean mask per image and applying it to the
+scores (`masked_attention`: bit for bit in PyTorch) instead of a float 0/-inf mask per head built
+at full size and added. Every export checks the file
 against the unpatched model at image sizes other than the one traced (`export.core.check_model`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 from torch import nn
@@ -207,11 +210,51 @@ def _forward_prediction_heads(self, output, mask_features, attention_mask_target
     outputs_mask = torch.matmul(mask_embed, mask_features.flatten(2)).view(batch, -1, height, width)
     attention_mask = nn.functional.interpolate(
         outputs_mask, size=attention_mask_target_size, mode="bilinear", align_corners=False)
-    attention_mask = (
-        attention_mask.sigmoid().flatten(2).unsqueeze(1).repeat(1, self.num_heads, 1, 1).flatten(0, 1) < 0.5
-    ).bool()
+    # one mask per image, not one copy per head: `_cross_attention_forward` broadcasts it over the heads
+    attention_mask = (attention_mask.sigmoid().flatten(2) < 0.5).bool()
     attention_mask = attention_mask.detach()
     return outputs_class, outputs_mask, attention_mask
+
+
+def masked_attention(attn: nn.MultiheadAttention, query, key, value, mask):
+    """nn.MultiheadAttention's forward in eval (sequence first, separate key and value, no key
+    padding mask, no dropout) with a boolean `mask` (batch, queries, keys), True where a key is
+    not attended, shared by every head: the same projections, products and softmax as
+    `F.multi_head_attention_forward`, but the mask is applied to the scores where it is True
+    (ONNX Where, which OpenVINO fuses into its attention kernel) instead of being made a float
+    (batch x heads, queries, keys) tensor of 0 and -inf and added (adding 0 and -inf gives the
+    same scores). Attention weights are not returned (OneFormer's inference does not read them)."""
+    queries, batch, embed = query.shape
+    heads = attn.num_heads
+    head_dim = embed // heads
+    w_q, w_k, w_v = attn.in_proj_weight.chunk(3)
+    b_q, b_k, b_v = attn.in_proj_bias.chunk(3)
+
+    def split_heads(x):  # (length, batch, embed) -> (batch x heads, length, head_dim), as PyTorch splits them
+        return x.reshape(x.shape[0], batch * heads, head_dim).transpose(0, 1)
+
+    q = split_heads(nn.functional.linear(query, w_q, b_q)) * math.sqrt(1.0 / float(head_dim))
+    k = split_heads(nn.functional.linear(key, w_k, b_k))
+    v = split_heads(nn.functional.linear(value, w_v, b_v))
+    scores = torch.bmm(q, k.transpose(-2, -1))
+    scores = scores.view(batch, heads, queries, -1).masked_fill(mask[:, None], float("-inf"))
+    weights = nn.functional.softmax(scores.view(batch * heads, queries, -1), dim=-1)
+    out = torch.bmm(weights, v).transpose(0, 1).contiguous().view(queries * batch, embed)
+    return nn.functional.linear(out, attn.out_proj.weight, attn.out_proj.bias).view(queries, batch, embed)
+
+
+def _cross_attention_forward(self, output, memory, memory_mask=None, memory_key_padding_mask=None, pos=None,
+                             query_pos=None):
+    """OneFormerTransformerDecoderCrossAttentionLayer.forward (post- or pre-norm) with
+    `masked_attention` over the per-image mask of `_forward_prediction_heads`; the original where
+    a key padding mask or no mask is given."""
+    if memory_mask is None or memory_key_padding_mask is not None:
+        return _ORIGINAL_CROSS_FORWARD(self, output, memory, memory_mask, memory_key_padding_mask, pos, query_pos)
+    x = self.norm(output) if self.normalize_before else output
+    attended = masked_attention(self.multihead_attn, self.with_pos_embed(x, query_pos),
+                                self.with_pos_embed(memory, pos), memory, memory_mask)
+    output = output + self.dropout(attended)
+    return (output if self.normalize_before else self.norm(output)), None
 
 
 # ---- optional Swin patches (only needed for H/W that are NOT multiples of 32, or for an example size whose
@@ -297,6 +340,7 @@ def _sine_embedding_forward(self, shape, device, dtype, mask=None):
 
 
 _ORIGINAL_SINE_FORWARD = mo.OneFormerSinePositionEmbedding.forward
+_ORIGINAL_CROSS_FORWARD = mo.OneFormerTransformerDecoderCrossAttentionLayer.forward
 
 
 @contextlib.contextmanager
@@ -312,6 +356,8 @@ def patch_oneformer_for_dynamic_hw(swin=True):
         (mo.OneFormerTransformerDecoder, "forward_prediction_heads",
          mo.OneFormerTransformerDecoder.__dict__["forward_prediction_heads"]),
         (mo.OneFormerSinePositionEmbedding, "forward", mo.OneFormerSinePositionEmbedding.__dict__["forward"]),
+        (mo.OneFormerTransformerDecoderCrossAttentionLayer, "forward",
+         mo.OneFormerTransformerDecoderCrossAttentionLayer.__dict__["forward"]),
     ]
     if swin:
         saved += [(ms.SwinPatchEmbeddings, "maybe_pad", ms.SwinPatchEmbeddings.__dict__["maybe_pad"]),
@@ -325,6 +371,7 @@ def patch_oneformer_for_dynamic_hw(swin=True):
     mo.OneFormerPixelDecoderEncoderMultiscaleDeformableAttention.forward = _msda_forward
     mo.OneFormerTransformerDecoder.forward_prediction_heads = _forward_prediction_heads
     mo.OneFormerSinePositionEmbedding.forward = _sine_embedding_forward
+    mo.OneFormerTransformerDecoderCrossAttentionLayer.forward = _cross_attention_forward
     try:
         yield
     finally:

@@ -84,7 +84,8 @@ def test_export_prints_one_line_per_model(tiny_profile, tmp_path):
 def test_oneformer_mask_einsum_is_a_matmul(tiny_export):
     """The export's mask head and the wrapper's class x mask product are the matmuls PyTorch computes
     for their einsums (bit-identical), so the graph has no Einsum (OpenVINO's broadcast of the
-    mask features) and is otherwise checked above."""
+    mask features) and is otherwise checked above; its attention mask is the per-head mask's one
+    copy per image."""
     import torch
     from transformers.models.oneformer import modeling_oneformer as mo
 
@@ -105,7 +106,10 @@ def test_oneformer_mask_einsum_is_a_matmul(tiny_export):
     expected = mo.OneFormerTransformerDecoder.forward_prediction_heads(heads, queries, features, (5, 6))
     with patch_oneformer_for_dynamic_hw():
         got = mo.OneFormerTransformerDecoder.forward_prediction_heads(heads, queries, features, (5, 6))
-    assert all(torch.equal(a, b) for a, b in zip(expected, got))
+    assert torch.equal(expected[0], got[0]) and torch.equal(expected[1], got[1])
+    # the attention mask is handed on once per image, for the heads to share: the same mask per head
+    assert got[2].shape == (2, 7, 30)
+    assert torch.equal(expected[2], got[2].unsqueeze(1).repeat(1, Heads.num_heads, 1, 1).flatten(0, 1))
     for name in ("oneformer_coco", "oneformer_ade20k"):
         graph = onnx.load(str(tiny_export / f"{name}.onnx"), load_external_data=False).graph
         ops = {n.op_type for n in graph.node}
@@ -272,3 +276,38 @@ def test_separable_sine_embedding_is_the_embedding_bit_for_bit(height, width, no
     with patch_oneformer_for_dynamic_hw():
         assert mo.OneFormerSinePositionEmbedding.forward is not original
     assert mo.OneFormerSinePositionEmbedding.forward is original
+
+
+@pytest.mark.parametrize("normalize_before", [False, True])
+def test_masked_cross_attention_is_the_layer_bit_for_bit(normalize_before):
+    """The export's masked cross-attention (one boolean mask per image, applied to the scores by
+    Where) gives what OneFormer's cross-attention layer gives with its per-head float mask, to the
+    bit, with rows that mask most keys and the decoder's fix-up of fully masked rows; and only
+    inside the export's patch."""
+    import torch
+    from transformers.models.oneformer import modeling_oneformer as mo
+
+    from export.oneformer_patches import patch_oneformer_for_dynamic_hw
+
+    g = torch.Generator().manual_seed(0)
+    batch, heads, embed, queries, keys = 2, 4, 32, 6, 37
+    layer = mo.OneFormerTransformerDecoderCrossAttentionLayer(embed, heads, normalize_before=normalize_before).eval()
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    output, memory = torch.randn(queries, batch, embed, generator=g), torch.randn(keys, batch, embed, generator=g)
+    pos, query_pos = torch.randn(keys, batch, embed, generator=g), torch.randn(queries, batch, embed, generator=g)
+    mask = torch.rand(batch, queries, keys, generator=g) < torch.linspace(0.05, 0.97, queries)[:, None]
+    mask[0, 2] = True  # fully masked: the decoder lets such a row see every key
+    mask[torch.where(mask.sum(-1) == keys)] = False
+    per_head = mask.unsqueeze(1).repeat(1, heads, 1, 1).flatten(0, 1)  # what OneFormer hands the layer
+    with torch.no_grad():
+        expected, _ = layer(output, memory, memory_mask=per_head, pos=pos, query_pos=query_pos)
+        with patch_oneformer_for_dynamic_hw():
+            got, weights = layer(output, memory, memory_mask=mask, pos=pos, query_pos=query_pos)
+    assert weights is None and got.shape == expected.shape
+    assert torch.equal(got, expected)
+    original = mo.OneFormerTransformerDecoderCrossAttentionLayer.forward
+    with patch_oneformer_for_dynamic_hw():
+        assert mo.OneFormerTransformerDecoderCrossAttentionLayer.forward is not original
+    assert mo.OneFormerTransformerDecoderCrossAttentionLayer.forward is original
