@@ -24,6 +24,12 @@ def test_benchmark_smoke(tiny_profile, tiny_export, tmp_path, capsys):
     assert result["sample"]["images"] == 2 and masks == sum(result["sample"]["masks_per_image"])
     assert list(result["engines"]) == ["onnxruntime-fp32", "openvino-bf16"]
     assert result["peaks"]["fp32"] > 1e9 and result["machine"]["cpu"]
+    # the peak is measured before and after the timed runs; shares are taken against the higher
+    measured = result["peak_measurements"]
+    for precision, peak in result["peaks"].items():
+        values = [measured[w][precision] for w in ("before", "after")]
+        assert peak == (max(values) if all(values) else None), (precision, measured)
+    assert "two measurements, before and after the timed runs: fp32" in (out / "table.md").read_text()
     baseline, bf16 = result["engines"]["onnxruntime-fp32"], result["engines"]["openvino-bf16"]
     assert baseline["labels"]["equal"] == baseline["labels"]["total"] == masks  # fp32: identical labels
     for engine in (baseline, bf16):
