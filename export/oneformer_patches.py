@@ -12,7 +12,10 @@ in PyTorch), and the deformable attention's weighted sum over its samples laid o
 embeddings computed per row and column, then broadcast (`separable_sine_embedding`: the same values
 bit for bit), and the masked cross-attention given one boolean mask per image and applying it to the
 scores (`masked_attention`: bit for bit in PyTorch) instead of a float 0/-inf mask per head built
-at full size and added. Every export checks the file
+at full size and added, and the (N, C, H, W) -> (N, HW, C) flattens of the mask-feature map (the
+mask matmul's operand, the query transformer's memory) written permute-first (`_channels_last`:
+the same values), which OpenVINO's channels-last convolution outputs give almost for free.
+Every export checks the file
 against the unpatched model at image sizes other than the one traced (`export.core.check_model`).
 """
 
@@ -196,6 +199,31 @@ def deformable_sum(value, spatial_shapes_list, sampling_locations, attention_wei
     return output.transpose(1, 2).contiguous()
 
 
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) -> (N, H W, C): `x.flatten(2).transpose(1, 2)`, the same values, written as
+    permute-then-flatten. For OpenVINO's sake: its bf16 convolutions write channels last; flatten
+    first needs the map channels first, a layout copy that ran at under 1 GB/s (0.04-0.05 s per
+    256 x 200 x 267 map at 800 x 1066); the permute of a channels-last map is nearly free."""
+    return x.permute(0, 2, 3, 1).flatten(1, 2)
+
+
+def _query_transformer_forward(self, src, mask, query_embed, pos_embed, task_token=None):
+    """Copy of OneFormerTransformerDecoderQueryTransformer.forward with the NxCxHxW -> HWxNxC
+    flattens written as `_channels_last` (the same values)."""
+    batch_size = src.shape[0]
+    src = _channels_last(src).transpose(0, 1)
+    pos_embed = _channels_last(pos_embed).transpose(0, 1)
+    query_embed = query_embed.unsqueeze(1).repeat(1, batch_size, 1)
+    if mask is not None:
+        mask = mask.flatten(1)
+    if task_token is None:
+        queries = torch.zeros_like(query_embed)
+    else:
+        queries = task_token.repeat(query_embed.shape[0], 1, 1)
+    queries = self.decoder(queries, src, memory_key_padding_mask=mask, pos=pos_embed, query_pos=query_embed)
+    return queries.transpose(1, 2)
+
+
 def _forward_prediction_heads(self, output, mask_features, attention_mask_target_size):
     """Copy of OneFormerTransformerDecoder.forward_prediction_heads with the mask einsum
     ("bqc,bchw->bqhw") written as the batched matmul PyTorch runs it: the same products and sums.
@@ -207,7 +235,8 @@ def _forward_prediction_heads(self, output, mask_features, attention_mask_target
     outputs_class = self.class_embed(decoder_output)
     mask_embed = self.mask_embed(decoder_output)
     batch, _, height, width = mask_features.shape  # sizes read one by one: traced, not baked in
-    outputs_mask = torch.matmul(mask_embed, mask_features.flatten(2)).view(batch, -1, height, width)
+    # the map read channels last, (B, HW, C) transposed: the same (B, C, HW) operand (see `_channels_last`)
+    outputs_mask = torch.matmul(mask_embed, _channels_last(mask_features).transpose(1, 2)).view(batch, -1, height, width)
     attention_mask = nn.functional.interpolate(
         outputs_mask, size=attention_mask_target_size, mode="bilinear", align_corners=False)
     # one mask per image, not one copy per head: `_cross_attention_forward` broadcasts it over the heads
@@ -361,6 +390,8 @@ def patch_oneformer_for_dynamic_hw(swin=True):
         (mo.OneFormerSinePositionEmbedding, "forward", mo.OneFormerSinePositionEmbedding.__dict__["forward"]),
         (mo.OneFormerTransformerDecoderCrossAttentionLayer, "forward",
          mo.OneFormerTransformerDecoderCrossAttentionLayer.__dict__["forward"]),
+        (mo.OneFormerTransformerDecoderQueryTransformer, "forward",
+         mo.OneFormerTransformerDecoderQueryTransformer.__dict__["forward"]),
     ]
     if swin:
         saved += [(ms.SwinPatchEmbeddings, "maybe_pad", ms.SwinPatchEmbeddings.__dict__["maybe_pad"]),
@@ -375,6 +406,7 @@ def patch_oneformer_for_dynamic_hw(swin=True):
     mo.OneFormerTransformerDecoder.forward_prediction_heads = _forward_prediction_heads
     mo.OneFormerSinePositionEmbedding.forward = _sine_embedding_forward
     mo.OneFormerTransformerDecoderCrossAttentionLayer.forward = _cross_attention_forward
+    mo.OneFormerTransformerDecoderQueryTransformer.forward = _query_transformer_forward
     try:
         yield
     finally:

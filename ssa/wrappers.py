@@ -126,10 +126,50 @@ class ClipSegDecoder(nn.Module):
             output = layer(output, attention_mask=None)
             if isinstance(output, tuple):
                 output = output[0]
-        output = output[:, 1:, :].transpose(1, 2)  # the class token dropped: (M K, reduce_dim, tokens)
-        side = int(math.isqrt(output.shape[2]))
-        logits = d.transposed_convolution(output.reshape(m * k, output.shape[1], side, side)).squeeze(1)
+        output = output[:, 1:, :]  # the class token dropped: (M K, tokens, reduce_dim)
+        side = int(math.isqrt(output.shape[1]))
+        # channels last (M K, side, side, reduce_dim): the tokens as they come, no transpose
+        logits = upsample(d.transposed_convolution, output.reshape(m * k, side, side, output.shape[2])).squeeze(1)
         return logits.reshape(m, k, logits.shape[-2], logits.shape[-1])
+
+
+def _patchwise(conv) -> bool:
+    """Whether a ConvTranspose2d writes each input pixel to its own output patch (kernel =
+    stride, no padding, dilation or groups): then it is one matrix product per pixel."""
+    return (isinstance(conv, nn.ConvTranspose2d) and conv.kernel_size == conv.stride and conv.padding == (0, 0)
+            and conv.output_padding == (0, 0) and conv.dilation == (1, 1) and conv.groups == 1)
+
+
+def _patchwise_transposed_conv(conv: nn.ConvTranspose2d, x: torch.Tensor) -> torch.Tensor:
+    """conv(x) for a patchwise ConvTranspose2d, channels last: x (N, H, W, C) -> (N, H kh, W kw,
+    C_out), as (N H W, C) @ (C, C_out kh kw), each pixel's products laid into its
+    kh x kw patch. The same sums as the convolution's (C products each, added in the matrix
+    product's order instead of oneDNN's deconvolution's: equal to float rounding). On the CPU the
+    deconvolution ran on an AVX2 kernel at a tenth of the matrix units' speed; a MatMul does not."""
+    n, h, w, c = x.shape
+    out, (kh, kw) = conv.out_channels, conv.kernel_size
+    y = (x @ conv.weight.reshape(c, out * kh * kw)).reshape(n, h, w, out, kh, kw)  # weight (C, C_out, kh, kw)
+    if conv.bias is not None:
+        y = y + conv.bias.reshape(1, 1, 1, out, 1, 1)
+    return y.permute(0, 1, 4, 2, 5, 3).reshape(n, h * kh, w * kw, out)
+
+
+def upsample(layers: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """CLIPSeg's transposed-convolution head (one ConvTranspose2d, or a Sequential of convs,
+    activations and transposed convs) on channels-last x (N, H, W, C) -> (N, C_out, H', W').
+    Patchwise transposed convs run as matrix products on channels-last data; anything else on
+    channels-first, as the layer itself computes it."""
+    last = True  # x is channels last
+    for layer in (layers if isinstance(layers, nn.Sequential) else [layers]):
+        if _patchwise(layer):
+            x = _patchwise_transposed_conv(layer, x if last else x.permute(0, 2, 3, 1))
+            last = True
+        elif isinstance(layer, (nn.ReLU, nn.GELU, nn.Identity)):
+            x = layer(x)
+        else:
+            x = layer(x.permute(0, 3, 1, 2) if last else x)
+            last = False
+    return x.permute(0, 3, 1, 2) if last else x
 
 
 class BlipVision(nn.Module):

@@ -117,9 +117,10 @@ def test_oneformer_mask_einsum_is_a_matmul(tiny_export):
 
 
 def test_clipseg_decoder_reduces_once_per_crop(tiny_profile, tiny_export):
-    """The decoder wrapper reduces each crop's activations once and repeats the result per prompt:
-    exactly CLIPSeg's own decoder run on the activations repeated K times; the graph repeats only
-    reduced tensors (reduce_dim wide, not the backbone's width)."""
+    """The decoder wrapper reduces each crop's activations once and repeats the result per prompt,
+    and runs the patchwise transposed convolution as a matrix product: CLIPSeg's own decoder run
+    on the activations repeated K times, to float rounding; the graph repeats only reduced tensors
+    (reduce_dim wide, not the backbone's width)."""
     import torch
 
     from ssa.wrappers import ClipSegDecoder
@@ -133,12 +134,37 @@ def test_clipseg_decoder_reduces_once_per_crop(tiny_profile, tiny_export):
     with torch.no_grad():
         got = ClipSegDecoder(model)(*acts, cond)
         expected = model.decoder([a.repeat_interleave(4, dim=0) for a in acts], cond.reshape(12, -1)).logits
-    assert torch.equal(got, expected.reshape(got.shape))
+    # the same sums; the transposed convolution's added in a matrix product's order (float rounding)
+    torch.testing.assert_close(got, expected.reshape(got.shape), rtol=1e-5, atol=1e-6)
     assert model.config.reduce_dim < vision.hidden_size
     graph = onnx.load(str(tiny_export / "clipseg_decoder.onnx")).graph
+    assert "ConvTranspose" not in {n.op_type for n in graph.node}  # a MatMul: the CPU ran it on AVX2
     for act in (t.name for t in graph.input if t.name.startswith("act")):  # straight into the reduction
         consumers = [n.op_type for n in graph.node if act in n.input]
         assert consumers and set(consumers) <= {"MatMul", "Gemm"}, (act, consumers)
+
+
+def test_upsample_is_clipsegs_transposed_convolution():
+    """Both of CLIPSeg's heads (one 16 x 16 transposed conv; conv, ReLU, two 4 x 4 transposed
+    convs, as in rd64-refined) on channels-last tokens equal the layers on channels-first input,
+    to float rounding; a transposed conv that overlaps its patches stays a convolution."""
+    import torch
+    from torch import nn
+
+    from ssa.wrappers import _patchwise, upsample
+
+    torch.manual_seed(0)
+    heads = [nn.ConvTranspose2d(16, 1, 16, stride=16),
+             nn.Sequential(nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.ConvTranspose2d(64, 32, 4, stride=4),
+                           nn.ReLU(), nn.ConvTranspose2d(32, 1, 4, stride=4)),
+             nn.ConvTranspose2d(8, 2, 4, stride=2, padding=1)]
+    for head in heads:
+        channels = (head[0] if isinstance(head, nn.Sequential) else head).in_channels
+        x = torch.randn(3, 12, 12, channels)
+        with torch.no_grad():
+            expected, got = head(x.permute(0, 3, 1, 2).contiguous()), upsample(head, x)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    assert _patchwise(heads[0]) and not _patchwise(heads[2])
 
 
 def _attention_graph(divisor: float, extra_reader: bool = False, branch_reader: bool = False):
@@ -276,6 +302,36 @@ def test_separable_sine_embedding_is_the_embedding_bit_for_bit(height, width, no
     with patch_oneformer_for_dynamic_hw():
         assert mo.OneFormerSinePositionEmbedding.forward is not original
     assert mo.OneFormerSinePositionEmbedding.forward is original
+
+
+def test_channels_last_flattens_are_the_query_transformer_bit_for_bit():
+    """The export's query transformer (its NxCxHxW -> HWxNxC flattens written permute-first, for
+    OpenVINO's channels-last convolutions) gives what OneFormer's gives, to the bit, with and
+    without the task token; and only inside the export's patch."""
+    import torch
+    from transformers.models.oneformer import modeling_oneformer as mo
+
+    from export.oneformer_patches import _channels_last, patch_oneformer_for_dynamic_hw
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 5, 3, 7, generator=g)
+    assert torch.equal(_channels_last(x), x.flatten(2).transpose(1, 2))
+    model = mo.OneFormerTransformerDecoderQueryTransformer(d_model=32, nhead=4, num_decoder_layers=2,
+                                                          dim_feedforward=64, dropout=0.0).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    src, pos = torch.randn(2, 32, 5, 6, generator=g), torch.randn(2, 32, 5, 6, generator=g)
+    query_embed, task = torch.randn(7, 32, generator=g), torch.randn(1, 2, 32, generator=g)
+    original = mo.OneFormerTransformerDecoderQueryTransformer.forward
+    for task_token in (None, task):
+        with torch.no_grad():
+            expected = model(src, None, query_embed, pos, task_token)
+            with patch_oneformer_for_dynamic_hw():
+                assert mo.OneFormerTransformerDecoderQueryTransformer.forward is not original
+                got = model(src, None, query_embed, pos, task_token)
+        assert torch.equal(got, expected)
+    assert mo.OneFormerTransformerDecoderQueryTransformer.forward is original
 
 
 @pytest.mark.parametrize("normalize_before", [False, True])
