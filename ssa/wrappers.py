@@ -100,11 +100,12 @@ class ClipSegDecoder(nn.Module):
     """(act_i (M, T, D) for each extract layer, cond (M, K, P)) -> logits (M, K, S, S).
 
     Each of the M crops is decoded against its K prompts; the backbone ran once per crop. The
-    steps of CLIPSegDecoder.forward, with one change: each activation's reduction (a linear map
+    steps of CLIPSegDecoder.forward, with two changes. Each activation's reduction (a linear map
     that does not see the prompt) runs once per crop, then its result is repeated for the K
     prompts, instead of repeating the D-wide activations K times and reducing each copy (the
     reduced tensor is D / reduce_dim = 12 times smaller: on the CPU the repeat and the repeated
-    reductions were a quarter of the decoder's time).
+    reductions were a quarter of the decoder's time). And its patchwise transposed convolution runs
+    as a matrix product on the channels-last tokens (`upsample`): equal to float rounding.
     """
 
     def __init__(self, model):
