@@ -120,9 +120,10 @@ def _clipseg_tokens(m):
     return (CLIPSEG_SIDE // _cfg(m).vision_config.patch_size) ** 2 + 1
 
 
-def _acts(m, k_axis=False):
-    d = _cfg(m).vision_config.hidden_size
-    return [Tensor(f"act{i}", "FP32", ("batch", _clipseg_tokens(m), d)) for i in range(len(_cfg(m).extract_layers))]
+def _acts(m):
+    """The visual tower's reduced extract-layer activations: the decoder's inputs."""
+    r = _cfg(m).reduce_dim
+    return [Tensor(f"act{i}", "FP32", ("batch", _clipseg_tokens(m), r)) for i in range(len(_cfg(m).extract_layers))]
 
 
 CLIPSEG_VISUAL = ModelSpec(

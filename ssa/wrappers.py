@@ -60,10 +60,15 @@ class ClipTextEncoder(nn.Module):
 
 
 class ClipSegVisual(nn.Module):
-    """pixel_values (B, 3, S, S) -> the activations of the extract layers, each (B, T, D).
+    """pixel_values (B, 3, S, S) -> the reduced activations of the extract layers, each (B, T, R).
 
-    Runs the vision transformer only up to the last extract layer; with the positional encoding
-    interpolated to S, as CLIPSegForImageSegmentation does by default.
+    Runs the vision transformer only up to the last extract layer, with the positional encoding
+    interpolated to S as CLIPSegForImageSegmentation does by default, and ends in the decoder's
+    reductions (the linear maps D -> R = reduce_dim that CLIPSeg's decoder applies to each
+    activation before it sees a prompt): what leaves the tower is D / R times smaller (48 for
+    rd16, 12 for rd64), and the reductions run with the tower, once per crop. Act i is reduced by
+    `decoder.reduces[n - 1 - i]`, as the decoder pairs its reductions with the activations last
+    layer first.
     """
 
     def __init__(self, model):
@@ -71,6 +76,7 @@ class ClipSegVisual(nn.Module):
         self.vision = model.clip.vision_model
         self.extract = list(model.config.extract_layers)
         self.layers = self.vision.encoder.layers[: max(self.extract) + 1]
+        self.reduces = nn.ModuleList(list(model.decoder.reduces)[::-1])  # in the extract layers' order
 
     def forward(self, pixel_values):
         h = self.vision.pre_layrnorm(self.vision.embeddings(pixel_values, interpolate_pos_encoding=True))
@@ -80,7 +86,7 @@ class ClipSegVisual(nn.Module):
             if isinstance(h, tuple):
                 h = h[0]
             if i in self.extract:
-                acts.append(h)
+                acts.append(self.reduces[len(acts)](h))
         return tuple(acts)
 
 
@@ -97,15 +103,14 @@ class ClipSegText(nn.Module):
 
 
 class ClipSegDecoder(nn.Module):
-    """(act_i (M, T, D) for each extract layer, cond (M, K, P)) -> logits (M, K, S, S).
+    """(reduced act_i (M, T, R) for each extract layer, cond (M, K, P)) -> logits (M, K, S, S).
 
     Each of the M crops is decoded against its K prompts; the backbone ran once per crop. The
-    steps of CLIPSegDecoder.forward, with two changes. Each activation's reduction (a linear map
-    that does not see the prompt) runs once per crop, then its result is repeated for the K
-    prompts, instead of repeating the D-wide activations K times and reducing each copy (the
-    reduced tensor is D / reduce_dim = 12 times smaller: on the CPU the repeat and the repeated
-    reductions were a quarter of the decoder's time). And its patchwise transposed convolution runs
-    as a matrix product on the channels-last tokens (`upsample`): equal to float rounding.
+    steps of CLIPSegDecoder.forward after its reductions, which `ClipSegVisual` has already applied
+    (a linear map that does not see the prompt: once per crop, not once per prompt; the reduced
+    tensor is D / R times smaller than the activation CLIPSeg's decoder repeats K times). Its result
+    is repeated for the K prompts. And the patchwise transposed convolution runs as a matrix
+    product on the channels-last tokens (`upsample`): equal to float rounding.
     """
 
     def __init__(self, model):
@@ -118,8 +123,8 @@ class ClipSegDecoder(nn.Module):
         d = self.decoder
         cond = cond.reshape(m * k, cond.shape[2])
         output = None
-        for i, (activation, layer, reduce) in enumerate(zip(acts[::-1], d.layers, d.reduces)):
-            reduced = reduce(activation).repeat_interleave(k, dim=0)
+        for i, (reduced, layer) in enumerate(zip(acts[::-1], d.layers)):
+            reduced = reduced.repeat_interleave(k, dim=0)
             output = reduced if output is None else reduced + output
             if i == d.conditional_layer:
                 output = d.film_mul(cond) * output.permute(1, 0, 2) + d.film_add(cond)

@@ -116,32 +116,34 @@ def test_oneformer_mask_einsum_is_a_matmul(tiny_export):
         assert "Einsum" not in ops and "MatMul" in ops, name
 
 
-def test_clipseg_decoder_reduces_once_per_crop(tiny_profile, tiny_export):
-    """The decoder wrapper reduces each crop's activations once and repeats the result per prompt,
-    and runs the patchwise transposed convolution as a matrix product: CLIPSeg's own decoder run
-    on the activations repeated K times, to float rounding; the graph repeats only reduced tensors
-    (reduce_dim wide, not the backbone's width)."""
+def test_clipseg_tower_and_decoder_are_clipseg(tiny_profile, tiny_export):
+    """The visual tower (ending in the decoder's reductions, once per crop) and the decoder (the
+    reduced activations repeated per prompt, the transposed convolution as a matrix product) are
+    CLIPSegForImageSegmentation run on each (crop, prompt) pair, to float rounding; the tower's
+    exported outputs are reduce_dim wide, not the backbone's width, and the decoder's graph has
+    no reduction left and no ConvTranspose."""
     import torch
 
-    from ssa.wrappers import ClipSegDecoder
+    from ssa.wrappers import ClipSegDecoder, ClipSegVisual
 
     model = load_role(tiny_profile, "clipseg").eval()
-    vision = model.config.vision_config
-    tokens = (512 // vision.patch_size) ** 2 + 1
     g = torch.Generator().manual_seed(0)
-    acts = [torch.randn(3, tokens, vision.hidden_size, generator=g) for _ in model.config.extract_layers]
+    pixels = torch.randn(3, 3, 512, 512, generator=g)
     cond = torch.randn(3, 4, model.config.projection_dim, generator=g)
     with torch.no_grad():
+        acts = ClipSegVisual(model)(pixels)
         got = ClipSegDecoder(model)(*acts, cond)
-        expected = model.decoder([a.repeat_interleave(4, dim=0) for a in acts], cond.reshape(12, -1)).logits
-    # the same sums; the transposed convolution's added in a matrix product's order (float rounding)
-    torch.testing.assert_close(got, expected.reshape(got.shape), rtol=1e-5, atol=1e-6)
-    assert model.config.reduce_dim < vision.hidden_size
+        expected = model(pixel_values=pixels.repeat_interleave(4, dim=0), conditional_embeddings=cond.reshape(12, -1),
+                         interpolate_pos_encoding=True).logits
+    torch.testing.assert_close(got, expected.reshape(got.shape), rtol=1e-5, atol=1e-5)
+    assert model.config.reduce_dim < model.config.vision_config.hidden_size
+    assert [a.shape[-1] for a in acts] == [model.config.reduce_dim] * len(model.config.extract_layers)
+    visual = onnx.load(str(tiny_export / "clipseg_visual.onnx")).graph
+    for out in visual.output:
+        assert out.type.tensor_type.shape.dim[-1].dim_value == model.config.reduce_dim, out.name
     graph = onnx.load(str(tiny_export / "clipseg_decoder.onnx")).graph
     assert "ConvTranspose" not in {n.op_type for n in graph.node}  # a MatMul: the CPU ran it on AVX2
-    for act in (t.name for t in graph.input if t.name.startswith("act")):  # straight into the reduction
-        consumers = [n.op_type for n in graph.node if act in n.input]
-        assert consumers and set(consumers) <= {"MatMul", "Gemm"}, (act, consumers)
+    assert not [i for i in graph.initializer if "reduces" in i.name]  # the reductions ran in the tower
 
 
 def test_upsample_is_clipsegs_transposed_convolution():
