@@ -66,6 +66,8 @@ ORT_GRAPHS = ("sam_decoder",)
 # row's result depends on how many rows share its call, and a name's cached embedding on which
 # names were encoded with it; on the bench profile that moved CLIPSeg votes clear of a near-tie
 # (4 of 24 through Triton). ORT_GRAPHS run fp32 whatever the default says.
+# CLIPSeg's reductions (768 -> reduce_dim) are the last layers of clipseg_visual, so they run in the
+# tower's precision, not the decoder's.
 BF16 = "bf16,clip_text=fp32,clipseg_text=fp32,clipseg_decoder=fp32"
 # what `--precision bf16` means (an explicit per-graph spec is taken as written)
 PRESETS = {"bf16": BF16}
