@@ -27,7 +27,8 @@
 # Signals: SIGTERM / SIGINT to this script (Slurm's `--signal=B:TERM@...`, `scancel --signal=TERM
 # --batch`, Kubernetes' pod termination) are passed to the runner only, which drains: no new
 # image, the requests in flight finish (the server keeps serving them), then it exits with 75.
-# The server is stopped after the runner, in every case.
+# The server is stopped after the runner, in every case. A signal while the server is still
+# starting (no runner yet) stops the server and exits 75: nothing was done, the rerun starts over.
 #
 # Exit status: the runner's (0 done; 1 some files failed; 3 servers unreachable; 75 interrupted:
 # run the task again to resume), or 4 when the server did not start.
@@ -58,9 +59,12 @@ stop_server() {
   server_pid=""
 }
 forward() {  # a signal to this script: the runner drains; a second one stops it at once
+  if [[ -z $runner_pid ]]; then  # still starting the server: nothing done yet, nothing to drain
+    say "$1 before the runner started: stopping the server; exit 75 (interrupted, to resume)"
+    stop_server; exit 75
+  fi
   say "$1: passed to the runner (it drains; the server keeps serving the requests in flight)"
-  [[ -n $runner_pid ]] && kill -"$1" "$runner_pid" 2>/dev/null
-  [[ -n $runner_pid ]] || { stop_server; exit 75; }
+  kill -"$1" "$runner_pid" 2>/dev/null
 }
 trap 'forward TERM' TERM
 trap 'forward INT' INT

@@ -427,3 +427,35 @@ def test_deploy_scripts_parse():
     for script in scripts:
         result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
         assert result.returncode == 0, f"{script}: {result.stderr}"
+
+
+def test_task_signalled_while_its_server_starts_stops_it_and_exits_75(tmp_path):
+    """deploy/task.sh sent SIGTERM before its runner started (the server not ready yet: Slurm
+    preempts a task at any moment) exits 75, the status a rerun resumes from, at once and not
+    after the ready timeout, and leaves no server process behind. The server is a stand-in that
+    never becomes ready (a real one's start is what the Slurm test runs)."""
+    import signal
+    import sys
+    import time
+
+    fake = tmp_path / "python"  # runs Python's -c snippets (free ports, the health check); the server sleeps
+    fake.write_text(f"#!/usr/bin/env bash\nif [[ $1 == -m ]]; then exec sleep 300; fi\nexec {sys.executable} \"$@\"\n")
+    fake.chmod(0o755)
+    env = {**os.environ, "SSA_DATA": str(tmp_path), "SSA_OUT": str(tmp_path / "out"), "SSA_SERVER": "embedded",
+           "SSA_REPOSITORY": str(tmp_path), "SSA_PYTHON": str(fake), "SSA_READY_TIMEOUT": "300"}
+    task = subprocess.Popen(["bash", str(ROOT / "deploy" / "task.sh"), "0", "1"], env=env, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        line = task.stderr.readline()
+        assert "waiting for the server" in line, line
+        started = time.monotonic()
+        task.send_signal(signal.SIGTERM)
+        status = task.wait(timeout=120)
+        rest = task.stderr.read()
+    finally:
+        if task.poll() is None:
+            os.killpg(task.pid, signal.SIGKILL)
+    assert status == 75, rest
+    assert "TERM before the runner started" in rest and time.monotonic() - started < 100, rest
+    leftover = subprocess.run(["pgrep", "-s", str(task.pid)], capture_output=True, text=True).stdout.split()
+    assert not leftover, f"processes of the task left behind: {leftover}"
