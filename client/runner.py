@@ -114,6 +114,10 @@ class Interrupted(RuntimeError):
     """The run was stopped by a signal after draining; rerun to resume."""
 
 
+class ListingStopped(RuntimeError):
+    """Listing the inputs failed part-way: what was listed before was done; rerun to resume."""
+
+
 @dataclass
 class RunnerConfig:
     urls: list[str]
@@ -353,6 +357,8 @@ class Run:
         self.in_progress = 0  # items taken by a worker and not finished, failed or given back
         self.summary = RunSummary()
         self.listed = False
+        self.listing_stopped: ListingStopped | None = None
+        self.last_source = ""  # the source listed last (named when listing fails after it)
         self.stopped = False
         self.draining = False  # a signal came: no new image
         self.forced = False  # a second signal, or the grace ran out: requests in flight abandoned
@@ -475,11 +481,25 @@ class Run:
         return todo
 
     async def produce(self, workers: int) -> None:
-        """List the sources one by one and queue the items of this shard that are not done yet."""
+        """List the sources one by one and queue the items of this shard that are not done yet.
+        Listing that fails (a bug, or an input that vanishes mid-run in a way the listing does not
+        expect) ends the run once the images already queued are done, never leaves it waiting."""
+        try:
+            await self._produce(workers)
+        except Exception as exc:  # noqa: BLE001 - reported as the run's stop, with the reason
+            after = f" after {self.last_source}" if self.last_source else ""
+            self.listing_stopped = ListingStopped(f"listing the inputs stopped{after} ({type(exc).__name__}: "
+                                                  f"{exc}); the images listed before were done; rerun to resume")
+            self.summary.failures.append({"file": self.last_source or "inputs", "reason": str(self.listing_stopped)})
+            for _ in range(workers):
+                await self.queue.put(None)
+
+    async def _produce(self, workers: int) -> None:
         while True:
             listing = await asyncio.to_thread(next, self.sources, None)
             if listing is None or self.stopped or self.draining:
                 break
+            self.last_source = listing.source
             todo = await asyncio.to_thread(self.select, listing)
             self.save_failures()  # a listing's problems, on disk for `ssa status`
             self.bar.total += len(todo)
@@ -670,6 +690,8 @@ class Run:
             await asyncio.gather(*tasks)
             self.stopped = True
             producer.cancel()
+            if self.listing_stopped is not None and not self.draining:
+                raise self.listing_stopped
             if self.draining:
                 finished = self.summary.done - self.done_at_signal
                 raise Interrupted(f"stopped by {self.signal_name}: {finished} requests in flight finished and "
@@ -710,7 +732,7 @@ def annotate_dataset(cfg: RunnerConfig, sources: Iterator[Listing]) -> tuple[Run
     stop = None
     try:
         asyncio.run(run.run())
-    except (ServersUnavailable, ServerMismatch, Interrupted, OutputUnwritable) as exc:
+    except (ServersUnavailable, ServerMismatch, Interrupted, OutputUnwritable, ListingStopped) as exc:
         stop = exc
     summary = run.summary
     summary.seconds = time.perf_counter() - run.start

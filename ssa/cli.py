@@ -170,6 +170,7 @@ def cmd_annotate(args: argparse.Namespace) -> int:
         EXIT_SERVERS_DOWN,
         EXIT_UNWRITABLE,
         Interrupted,
+        ListingStopped,
         OutputUnwritable,
         RunnerConfig,
         ServerMismatch,
@@ -215,6 +216,8 @@ def cmd_annotate(args: argparse.Namespace) -> int:
             return EXIT_INTERRUPTED
         if isinstance(stop, OutputUnwritable):
             return EXIT_UNWRITABLE
+        if isinstance(stop, ListingStopped):  # in failures.json too: what was listed is done
+            return EXIT_FAILURES
         return EXIT_MISMATCH if isinstance(stop, ServerMismatch) else EXIT_SERVERS_DOWN
     return EXIT_FAILURES if summary.failures else 0
 
@@ -327,7 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "SIGTERM / SIGINT (a scheduler's preemption or time limit, Ctrl-C) drains the run: no new image,\n"
                     "the requests in flight finish within --grace seconds, then it exits with status 75. A second\n"
                     "signal stops at once. Nothing is half-written either way.\n\n"
-                    "Exit status: 0 all done; 1 some files failed; 2 usage error, or a server whose ssa_engine\n"
+                    "Exit status: 0 all done; 1 some files failed, or listing the inputs failed part-way (what was\n"
+                    "listed is done; rerun to resume); 2 usage error, or a server whose ssa_engine\n"
                     "does not match this client; 3 servers unreachable for longer than --retry_limit (rerun\n"
                     "to resume); 4 outputs could not be written (disk full, permissions: fix, then rerun to\n"
                     "resume); 75 interrupted by a signal (rerun to resume).",

@@ -18,6 +18,7 @@ the run: `check_inputs`).
 from __future__ import annotations
 
 import os
+import stat
 import tarfile
 import zlib
 from collections.abc import Iterator
@@ -156,9 +157,20 @@ def folder_listing(data_dir: str | Path, folder: str = "") -> Listing:
     return _folder_listing(data_dir, entries, folder)
 
 
+def _is_dir(entry: os.DirEntry) -> bool:
+    """A folder (through links); False for what cannot be stat'ed (a link that loops or leads nowhere)."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
 def _folder_listing(data_dir: Path, entries: list[os.DirEntry], folder: str) -> Listing:
-    """`folder_listing` from the folder's entries, read once (sorted by name)."""
-    files = {e.name for e in entries if e.is_file()}
+    """`folder_listing` from the folder's entries, read once (sorted by name). Every entry that is
+    not a folder counts as a file: one that cannot be read (a link that loops or leads nowhere, no
+    permission, a FIFO) fails when its image is read, with the file and the reason, instead of
+    being passed over (an image whose JSON is such a link would otherwise be sent to SAM)."""
+    files = {e.name for e in entries if not _is_dir(e)}
     items, jsons = [], []
     for name in sorted(files):
         path = data_dir / name
@@ -199,6 +211,8 @@ def tar_listing(path: str | Path, folder: str | None = None) -> Listing:
     files: dict[str, TarMember] = {}
     error = None
     try:
+        if not stat.S_ISREG(path.stat().st_mode):  # a FIFO named x.tar would block the listing
+            raise OSError(0, "not a regular file")
         with tarfile.open(path, mode="r:") as tar:
             for member in tar:
                 if member.isfile():
@@ -245,7 +259,8 @@ def list_file_items(path: str | Path, folder: str | None = None) -> Listing:
         if listed.is_absolute() and listed.is_relative_to(path.parent.absolute()):
             listed = listed.relative_to(path.parent.absolute())  # beside the list file: as if relative
         key = _join(folder, *safe_parts(str(PurePosixPath(listed.as_posix()).with_suffix(""))))
-        items.append(Item(image_path.stem, image_path, ann_path if ann_path.is_file() else None, key))
+        has_json = os.path.lexists(ann_path) and not ann_path.is_dir()  # an unreadable one fails its image
+        items.append(Item(image_path.stem, image_path, ann_path if has_json else None, key))
     return Listing(str(path), items, folder=folder)
 
 
@@ -292,9 +307,9 @@ def _walk(path: Path, folder: str, shard: Shard | None, excluded: set[str], seen
         yield Listing(str(path), [], InputError(f"cannot read folder ({exc.strerror or exc})", path), folder=folder)
         return
     yield _folder_listing(path, entries, folder)  # the folder is read once for its images, tars and sub-folders
-    subfolders = {e.name for e in entries if not e.name.startswith(".") and e.is_dir()}
+    subfolders = {e.name for e in entries if not e.name.startswith(".") and _is_dir(e)}
     for entry in entries:
-        if entry.name.endswith(TAR_SUFFIX) and not entry.name.startswith(".") and entry.is_file():
+        if entry.name.endswith(TAR_SUFFIX) and not entry.name.startswith(".") and not _is_dir(entry):
             tar_folder = _join(folder, entry.name[: -len(TAR_SUFFIX)])
             if entry.name[: -len(TAR_SUFFIX)] in subfolders:  # both would write into one output folder
                 yield Listing(entry.path, [], InputError(

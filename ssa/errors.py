@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import stat
 from pathlib import Path
 
 # "<_io.BytesIO object at 0x7f...>" and the like: a Python object's repr names nothing a user has
@@ -32,8 +33,13 @@ def read_input(path, what: str, max_bytes: int | None = None) -> bytes:
     member of a tar shard); InputError naming it (and `what` it is) when it cannot be read, or when
     it is over `max_bytes` (checked before anything is read)."""
     try:
+        if not hasattr(path, "size"):  # a path: only a regular file (a FIFO or device named x.jpg would block)
+            info = Path(path).stat()
+            if not stat.S_ISREG(info.st_mode):
+                kind = "a folder" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+                raise InputError(f"cannot read {what} ({kind})", path)
         if max_bytes is not None:
-            size = path.size if hasattr(path, "size") else Path(path).stat().st_size
+            size = path.size if hasattr(path, "size") else info.st_size
             if size > max_bytes:
                 raise InputError(f"too large: {what} of {size / (1 << 20):,.0f} MiB is over the "
                                  f"{max_bytes / (1 << 20):,.0f} MiB this client takes", path)

@@ -92,6 +92,8 @@ def _not_json(name: str):
 
 def parse_document(text: str | bytes, source: str | Path | None = None) -> dict[str, Any]:
     """Parse an SA-1B JSON document and check its structure (not yet against an image)."""
+    if not text.strip():  # a file truncated to nothing, or never written
+        raise InputError("annotation file is empty", source)
     try:
         doc = json.loads(text, parse_constant=_not_json)
     except _NotJson as exc:  # Python reads NaN and Infinity; no JSON parser elsewhere does

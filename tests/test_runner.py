@@ -167,6 +167,68 @@ def test_bad_files_are_recorded_and_the_rest_succeed(server, example_dir, tmp_pa
     assert_readable_by_others(tmp_path / "out" / "data")  # outputs
 
 
+def test_links_that_loop_or_lead_nowhere_and_fifos_fail_with_the_reason(server, example_dir, tmp_path):
+    """Entries that cannot be read are listed and fail with the file and the reason, without
+    blocking (a FIFO named x.jpg or x.tar) or stopping the listing (a link loop once made
+    `is_file()` raise, the listing task die and the run wait forever); an image whose JSON is a
+    dangling link fails instead of being sent to SAM."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for stem in ("sa_1", "sa_2", "sa_3"):
+        for ext in (".jpg", ".json"):
+            shutil.copy(example_dir / f"{stem}{ext}", data / f"{stem}{ext}")
+    os.symlink("loop_b.jpg", data / "loop_a.jpg")
+    os.symlink("loop_a.jpg", data / "loop_b.jpg")
+    os.symlink("nowhere.jpg", data / "dangling.jpg")
+    shutil.copy(example_dir / "sa_1.json", data / "dangling.json")
+    (data / "sa_2.json").rename(data / "sa_2.moved")
+    os.symlink("sa_2.moved.gone", data / "sa_2.json")  # its image is fine, its JSON a dangling link
+    os.mkfifo(data / "fifo.jpg")
+    shutil.copy(example_dir / "sa_1.json", data / "fifo.json")
+    os.mkfifo(data / "shard.tar")
+    (data / "folder.jpg").mkdir()  # a folder with an image's name: walked as a folder, not read
+    summary, stop = run([server.url], [data], tmp_path / "out", in_flight=2)
+    assert stop is None and summary.done == 2
+    failures = {Path(f["file"].split(":")[0]).name: f["reason"] for f in summary.failures}
+    assert failures == {
+        "loop_a.jpg": "cannot read image (Too many levels of symbolic links)",
+        "loop_b.jpg": "cannot read image (Too many levels of symbolic links)",
+        "dangling.jpg": "cannot read image (No such file or directory)",
+        "sa_2.json": "cannot read annotation file (No such file or directory)",
+        "fifo.jpg": "cannot read image (not a regular file)",
+        "shard.tar": "cannot read tar shard (not a regular file)",
+    }, failures
+    assert sorted(outputs(tmp_path / "out")) == ["sa_1_semantic.json", "sa_3_semantic.json"]
+    assert not (tmp_path / "out" / "data" / "sa_2.json").exists()  # not sent to SAM
+
+
+def test_a_listing_that_fails_part_way_ends_the_run(server, example_dir, folder_run, tmp_path):
+    """Listing that raises after some sources (a bug, or inputs that vanish mid-run) ends the run
+    once what was listed is done: the stop names the source and the reason, the outputs written
+    are whole, and the command exits 1; it never leaves the run waiting for items."""
+    import threading
+
+    from client.runner import ListingStopped
+
+    def sources():
+        yield from listings([example_dir])
+        raise OSError(5, "Input/output error", "/mnt/gone")
+
+    cfg = RunnerConfig(urls=[server.url], out_dir=tmp_path / "out", progress=False, in_flight=2)
+    result = []
+    worker = threading.Thread(target=lambda: result.append(annotate_dataset(cfg, sources())), daemon=True)
+    worker.start()
+    worker.join(300)
+    assert not worker.is_alive(), "the run waited on after its listing failed"
+    summary, stop = result[0]
+    assert isinstance(stop, ListingStopped), stop
+    assert f"stopped after {example_dir}" in str(stop) and "OSError: [Errno 5] Input/output error" in str(stop)
+    assert summary.done == 6 and outputs(tmp_path / "out") == outputs(folder_run[0])
+    recorded = json.loads((tmp_path / "out" / FAILURES_FILE).read_text())
+    assert [f["file"] for f in recorded] == [str(example_dir)] and "rerun to resume" in recorded[0]["reason"]
+    assert_no_temporary_file(tmp_path / "out")
+
+
 def test_unreachable_server_stops_with_a_clear_message(example_dir, tmp_path):
     url = f"127.0.0.1:{free_port()}"
     summary, stop = run([url], [example_dir], tmp_path, retry_limit=1.0)

@@ -70,6 +70,8 @@ def test_rle_of_another_size_is_rejected():
     ("text", "message"),
     [
         ("{not json", "invalid JSON"),
+        ("", "annotation file is empty"),
+        (" \n", "annotation file is empty"),
         ("[1, 2]", "not a JSON object"),
         ('{"image": {}}', "no 'annotations' list"),
         ('{"annotations": [3]}', "annotation #0 is not an object"),
