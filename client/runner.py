@@ -58,6 +58,8 @@ from ssa.limits import document_limit
 from ssa.outputs import (
     RunSummary,
     annotated_document,
+    is_done,
+    output_name_problem,
     output_paths,
     provenance,
     write_failures,
@@ -464,17 +466,24 @@ class Run:
         if listing.folder:
             remove_stale_parts(self.cfg.out_dir / listing.folder)
         todo: list[Item] = []
-        seen_in_source: set[str] = set()
+        seen_in_source: dict[str, str] = {}
         for item in listing.items:
             if item.shard_key not in shard:
                 continue
-            if item.key in seen_in_source:
+            first = seen_in_source.get(item.key)
+            if first is not None:
+                why = "it is listed twice" if first == str(item.image) else f"so has {first}, the same name with another suffix"
                 self.summary.failures.append({"file": str(item.image), "reason": f"another image of "
-                                              f"{listing.source} has the output path {item.key!r} (the same "
-                                              f"name with another suffix)"})
+                                              f"{listing.source} has the output path {item.key!r} ({why})"})
                 continue
-            seen_in_source.add(item.key)
-            if not self.cfg.overwrite and output_paths(self.cfg.out_dir, item.key)[0].exists():
+            seen_in_source[item.key] = str(item.image)
+            problem = output_name_problem(self.cfg.out_dir, item.key)
+            if problem is not None:
+                self.summary.failures.append({"file": str(item.image), "reason": problem})
+                name = str(item.image)
+                tqdm.write(f"failed: {name if len(name) <= 160 else name[:100] + '...' + name[-40:]}: {problem}")
+                continue
+            if not self.cfg.overwrite and is_done(self.cfg.out_dir, item.key):
                 self.summary.skipped += 1
                 continue
             todo.append(item)

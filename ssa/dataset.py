@@ -209,6 +209,7 @@ def tar_listing(path: str | Path, folder: str | None = None) -> Listing:
     """
     path = Path(path)
     files: dict[str, TarMember] = {}
+    links: dict[str, str] = {}  # name -> target; links are not followed (one may point outside the tar)
     error = None
     try:
         if not stat.S_ISREG(path.stat().st_mode):  # a FIFO named x.tar would block the listing
@@ -217,6 +218,10 @@ def tar_listing(path: str | Path, folder: str | None = None) -> Listing:
             for member in tar:
                 if member.isfile():
                     files[member.name] = TarMember(path, member.name, member.offset_data, member.size)
+                    links.pop(member.name, None)
+                elif member.issym() or member.islnk():
+                    links[member.name] = member.linkname
+                    files.pop(member.name, None)
     except tarfile.ReadError as exc:
         problem = "not an uncompressed tar (shards are read in place, so they cannot be compressed)" \
             if not files else f"damaged tar after {len(files)} files ({exc})"
@@ -230,9 +235,13 @@ def tar_listing(path: str | Path, folder: str | None = None) -> Listing:
             ann = files.get(str(PurePosixPath(name).with_suffix(".json")))
             key = _join(folder, *safe_parts(str(PurePosixPath(name).with_suffix(""))))
             items.append(Item(PurePosixPath(name).stem, files[name], ann, key, folder))
-    orphans = _orphans([n for n in files if _is_input_json(n)], [n for n in files if _is_image(n)],
+    linked = tuple(InputError(f"a link inside the tar (to {links[name]!r}); links are not followed, store "
+                              "the file itself", TarMember(path, name, 0, 0))
+                   for name in sorted(links) if _is_image(name) or _is_input_json(name))
+    orphans = _orphans([n for n in files if _is_input_json(n)], [n for n in [*files, *links] if _is_image(n)],
                        lambda n: files[n])
-    return Listing(str(path), items, error, orphans, folder, whole=True)
+    return Listing(str(path), items, error, linked + orphans, folder, whole=True)
+
 
 
 def list_file_items(path: str | Path, folder: str | None = None) -> Listing:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ssa.dataset import Item, Listing, listings, task_of
-from ssa.outputs import SEMANTIC_SUFFIX, output_paths, semantic_files
+from ssa.outputs import SEMANTIC_SUFFIX, is_done, semantic_files
 
 TASK_FAILURES = re.compile(r"^failures(?:_(\d+)of(\d+))?\.json$")
 MERGED_FAILURES = "failures_all.json"
@@ -172,7 +172,7 @@ def _count_listing(listing: Listing, out_dir: Path, failed_files: set[str], matc
         failed = names & failed_files
         matched.update(failed)
         one = Counts(images=1)
-        if output_paths(out_dir, item.key)[0].exists():
+        if is_done(out_dir, item.key):
             one.done = 1
         elif failed:
             one.failed = 1

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import io
 import json
+import os
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,46 @@ def output_paths(out_dir: str | Path, key: str) -> tuple[Path, Path]:
     suffix (`ssa.dataset.Item.key`: `<input>/<folder or tar>/<stem>`)."""
     out_dir = Path(out_dir)
     return out_dir / f"{key}_semantic.json", out_dir / f"{key}_semantic.png"
+
+
+# The longest name written for an image: its temporary file `.<stem>_semantic.json.<8 random>.part`
+# (`ssa.atomic`; the PNG's is as long, SAM's `<stem>.json` shorter).
+_TEMPORARY_EXTRA = len(".") + len(SEMANTIC_SUFFIX) + len(".12345678.part")
+
+
+def output_name_problem(out_dir: str | Path, key: str) -> str | None:
+    """Why the outputs of `key` cannot be written under `out_dir` (a name longer than the file
+    system takes: an input named with 250 characters is valid, `<stem>_semantic.json` beside it
+    would not be), or None. Checked before an image is sent, so such an image fails alone instead
+    of stopping the run as an unwritable output folder would."""
+    try:
+        name_max = os.pathconf(out_dir, "PC_NAME_MAX")
+        path_max = os.pathconf(out_dir, "PC_PATH_MAX")
+    except (OSError, ValueError):
+        name_max, path_max = 255, 4096
+    *folders, stem = key.split("/")
+    for name in folders:
+        if len(os.fsencode(name)) > name_max:
+            return (f"output folder name too long: {len(os.fsencode(name))} bytes, over the {name_max} "
+                    f"this file system takes for a name ({name[:40]}...)")
+    stem_max = name_max - _TEMPORARY_EXTRA
+    if len(os.fsencode(stem)) > stem_max:
+        return (f"name too long for its outputs: a stem of {len(os.fsencode(stem))} bytes, over the {stem_max} "
+                f"that leave room for '{SEMANTIC_SUFFIX}' and the temporary suffix in this file system's "
+                f"{name_max}-byte names; rename the image")
+    longest = len(os.fsencode(os.path.abspath(out_dir))) + 1 + len(os.fsencode(key)) + _TEMPORARY_EXTRA
+    if longest >= path_max:
+        return (f"output path too long: {longest} bytes, over the {path_max - 1} this file system takes; "
+                f"use a shorter --out_dir or input path")
+    return None
+
+
+def is_done(out_dir: str | Path, key: str) -> bool:
+    """Whether `<key>_semantic.json` exists; False for a path that cannot exist (too long)."""
+    try:
+        return os.path.exists(output_paths(out_dir, key)[0])
+    except (OSError, ValueError):
+        return False
 
 
 def semantic_files(out_dir: str | Path) -> list[Path]:

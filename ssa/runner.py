@@ -16,7 +16,8 @@ from ssa.images import load_image
 from ssa.outputs import (
     RunSummary,
     annotated_document,
-    output_paths,
+    is_done,
+    output_name_problem,
     provenance,
     write_failures,
     write_outputs,
@@ -53,7 +54,12 @@ def run_in_process(items: Sequence[Item], out_dir: str | Path, annotate: Annotat
     start = time.perf_counter()
     bar = tqdm(items, desc="images", unit="img", dynamic_ncols=True)
     for item in bar:
-        if not overwrite and output_paths(out_dir, item.key)[0].exists():
+        problem = output_name_problem(out_dir, item.key)
+        if problem is not None:
+            summary.failures.append({"file": str(item.image), "reason": problem})
+            tqdm.write(f"failed: {item.image}: {problem}")
+            continue
+        if not overwrite and is_done(out_dir, item.key):
             summary.skipped += 1
             continue
         try:

@@ -155,3 +155,23 @@ def test_output_folder_inside_the_input_and_link_loops_are_not_walked(tmp_path):
     assert keys([data]) == ["photos/a", "photos/out/photos/a", "photos/sub/b"]  # the picture is no input
     found = [item.key for listing in listings([data], exclude=(data / "out",)) for item in listing.items]
     assert found == ["photos/a", "photos/sub/b"]
+
+
+def test_names_too_long_for_their_outputs_are_found_before_writing(tmp_path):
+    """`output_name_problem` finds every name the atomic write could not create (a stem with no
+    room for `_semantic.json` and the temporary suffix, a folder name over NAME_MAX, a whole path
+    over PATH_MAX) and passes the longest that can: that one is written."""
+    from ssa.atomic import write_bytes_atomic
+    from ssa.outputs import SEMANTIC_SUFFIX, is_done, output_name_problem
+
+    name_max = os.pathconf(tmp_path, "PC_NAME_MAX")
+    longest = "s" * (name_max - len(f".{SEMANTIC_SUFFIX}.12345678.part"))
+    assert output_name_problem(tmp_path, f"a/{longest}") is None
+    write_bytes_atomic(tmp_path / "a" / f"{longest}{SEMANTIC_SUFFIX}", b"{}")
+    assert is_done(tmp_path, f"a/{longest}")
+    assert "name too long for its outputs" in output_name_problem(tmp_path, f"a/{longest}s")
+    assert "a stem of 240 bytes" in output_name_problem(tmp_path, "ü" * 120)  # bytes, not characters
+    assert "output folder name too long" in output_name_problem(tmp_path, f"{'d' * (name_max + 1)}/x")
+    deep = "/".join(["d" * 200] * 25)  # each name fits, the path is over 4096 bytes
+    assert "output path too long" in output_name_problem(tmp_path, f"{deep}/x")
+    assert not is_done(tmp_path, "x" * 5000)  # False, not ENAMETOOLONG

@@ -202,6 +202,57 @@ def test_links_that_loop_or_lead_nowhere_and_fifos_fail_with_the_reason(server, 
     assert not (tmp_path / "out" / "data" / "sa_2.json").exists()  # not sent to SAM
 
 
+def test_names_too_long_for_their_outputs_fail_alone(server, example_dir, tmp_path):
+    """An input whose stem leaves no room for `<stem>_semantic.json` and its temporary name (a
+    240-character file name is valid, its outputs would not be), or a list file line far longer
+    than a name can be, fails with the reason; the other images of the same folder and list file
+    are done, and `ssa status` counts them without raising ENAMETOOLONG."""
+    from ssa.layout import run_status
+
+    data = tmp_path / "data"
+    data.mkdir()
+    long = "L" * 240
+    for stem, target in (("sa_1", "sa_1"), ("sa_2", long)):
+        for ext in (".jpg", ".json"):
+            shutil.copy(example_dir / f"{stem}{ext}", data / f"{target}{ext}")
+    listed = tmp_path / "list.txt"
+    listed.write_text(f"{example_dir / 'sa_3.jpg'}\n{'x' * 5000}.jpg\n{example_dir / 'sa_3.jpg'}\n")
+    summary, stop = run([server.url], [data, listed], tmp_path / "out", in_flight=2)
+    assert stop is None and summary.done == 2
+    reasons = {Path(f["file"]).name[:8]: f["reason"] for f in summary.failures}
+    assert sorted(reasons) == ["LLLLLLLL", "sa_3.jpg", "xxxxxxxx"], reasons
+    assert reasons["LLLLLLLL"].startswith("name too long for its outputs: a stem of 240 bytes, over the 226")
+    assert reasons["xxxxxxxx"].startswith("name too long for its outputs: a stem of 5000 bytes")
+    assert reasons["sa_3.jpg"].endswith("(it is listed twice)")
+    assert sorted(Path(k).name for k in outputs(tmp_path / "out")) == ["sa_1_semantic.json", "sa_3_semantic.json"]
+    status = run_status(tmp_path / "out", [data, listed])
+    assert (status.total.images, status.total.done, status.total.failed) == (4, 2, 2)
+    summary, stop = run([server.url], [data, listed], tmp_path / "out")  # a rerun: the same failures, no error
+    assert stop is None and (summary.done, summary.skipped, len(summary.failures)) == (0, 2, 3)
+
+
+def test_links_inside_a_tar_fail_and_are_not_followed(server, example_dir, tmp_path):
+    """A symbolic or hard link member named like an image fails as a link (one may point outside
+    the tar: /etc/passwd), its JSON is not reported as having no image, and the tar's real files
+    are done."""
+    shard = tmp_path / "links.tar"
+    with tarfile.open(shard, "w") as tar:
+        for p in sorted(example_dir.glob("sa_1.*")):
+            tar.add(p, arcname=p.name)
+        for name, kind, target in (("sym.jpg", tarfile.SYMTYPE, "/etc/passwd"), ("hard.jpg", tarfile.LNKTYPE, "sa_1.jpg")):
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = kind, target
+            tar.addfile(info)
+            tar.add(example_dir / "sa_2.json", arcname=name.replace(".jpg", ".json"))
+    summary, stop = run([server.url], [shard], tmp_path / "out")
+    assert stop is None and summary.done == 1
+    assert sorted((f["file"], f["reason"]) for f in summary.failures) == [
+        (f"{shard}:hard.jpg", "a link inside the tar (to 'sa_1.jpg'); links are not followed, store the file itself"),
+        (f"{shard}:sym.jpg", "a link inside the tar (to '/etc/passwd'); links are not followed, store the file itself"),
+    ]
+    assert list(outputs(tmp_path / "out")) == ["sa_1_semantic.json"]  # under links/
+
+
 def test_a_listing_that_fails_part_way_ends_the_run(server, example_dir, folder_run, tmp_path):
     """Listing that raises after some sources (a bug, or inputs that vanish mid-run) ends the run
     once what was listed is done: the stop names the source and the reason, the outputs written
