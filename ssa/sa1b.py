@@ -161,7 +161,9 @@ def decode_annotations(doc: dict[str, Any], image_size: tuple[int, int], source:
     if None not in stated and stated != (height, width):
         raise InputError(
             f"annotation file says the image is {image['width']}x{image['height']} (WxH) "
-            f"but the image is {width}x{height}",
+            f"but the image is {width}x{height}"
+            + (" (width and height swapped: if its EXIF orientation turns it, the masks must be of the image "
+               "as a viewer shows it)" if stated == (width, height) else ""),
             source,
         )
     anns = doc["annotations"]

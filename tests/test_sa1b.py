@@ -59,6 +59,16 @@ def test_invalid_annotations_name_file_and_annotation(doc, size, message):
     assert str(info.value).startswith("sa_9.json: ")
 
 
+def test_a_size_turned_a_quarter_says_so():
+    """A document of the image as stored (160x96) for an image its EXIF orientation shows as 96x160."""
+    with pytest.raises(InputError, match=r"says the image is 8x6 \(WxH\) but the image is 6x8 \(width and height "
+                       r"swapped: if its EXIF orientation turns it"):
+        decode_annotations(document(square(6, 8)), (8, 6), "sa_9.json")
+    with pytest.raises(InputError) as info:  # any other size: no such hint
+        decode_annotations(document(square(6, 8)), (7, 8), "sa_9.json")
+    assert "swapped" not in str(info.value)
+
+
 def test_rle_of_another_size_is_rejected():
     doc = document(square(6, 8))
     doc["image"].pop("width")  # no image block size: the RLE check alone catches it
