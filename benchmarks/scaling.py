@@ -74,6 +74,20 @@ def peak_rss(pid: int) -> int:
     return 0
 
 
+def resident(pid: int) -> int:
+    """Bytes of process `pid` resident now (VmRSS)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def reset_peak_rss(pid: int) -> None:
+    """Start process `pid`'s peak resident memory (VmHWM) afresh from what it holds now (Linux
+    /proc/PID/clear_refs, "5"), so the next peak_rss is the peak of what ran since."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
 def measure(server, points: list[tuple[str, float, bytes, bytes]]) -> list[dict]:
     """One request per point: (kind, value, image bytes, document bytes)."""
     import tritonclient.grpc as grpcclient

@@ -17,8 +17,10 @@ each "auto" by default: derived from the instance's memory).
 
 from __future__ import annotations
 
+import ctypes
 import os
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from ssa.errors import InputError
@@ -28,7 +30,7 @@ MIB = 1 << 20
 PER_PIXEL = 32  # image 3 (+ its decoder's copy 3), class maps 2, a float32 CLIPSeg crop 12 or a class resize ~10, masks 2 (measured ~30 at 100 MP)
 PER_ROW = 12 * MIB  # one chunk row: BLIP, CLIP and CLIPSeg pixels, BLIP's image embeddings, caption, votes
 PER_PROMPT = 1 * MIB  # CLIPSeg's 512 x 512 float32 logits per proposal of a row
-PER_MASK = 64 << 10  # one mask: its RLE, parsed annotation, extents, answers, and what the host keeps of it (measured ~45 KB)
+PER_MASK = 64 << 10  # one mask: its RLE, parsed annotation, extents, answers, and what the host keeps of it (measured ~1 KB at an image's peak, short RLEs)
 FIXED = 768 * MIB  # one resize chunk, one chunk of mask regions, OneFormer's inputs and scores, spaCy, caches
 # share of the instance's memory given to the images in progress (the rest: the models, the runtime)
 MEMORY_SHARE = {"cpu": 0.5, "cuda": 0.25}
@@ -42,6 +44,24 @@ PER_DOCUMENT_BYTE = 40
 def image_bound(height: int, width: int, masks: int, batch_size: int, top_k: int) -> int:
     """Bytes one image in progress may take at most (see the module docstring)."""
     return (PER_PIXEL * height * width + batch_size * (PER_ROW + PER_PROMPT * top_k) + PER_MASK * masks + FIXED)
+
+
+@lru_cache(maxsize=1)
+def _malloc_trim():
+    try:
+        return ctypes.CDLL(None).malloc_trim  # glibc; musl and others have none
+    except (OSError, AttributeError):
+        return None
+
+
+def release_free_memory() -> None:
+    """Give the heap that freed objects left back to the system (glibc's malloc_trim): after a large
+    image its chunks' buffers stay resident in the malloc arenas of the threads that made them (tens
+    of MiB each, measured: ssa_engine kept +81 MiB after its first 2,000-mask image, and crept on),
+    so without this an instance's resident memory ratchets up with the largest images it has seen."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def memory_of(device: str = "cpu", device_index: int = 0) -> int:

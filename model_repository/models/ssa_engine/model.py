@@ -35,7 +35,7 @@ from ssa.engine import DATASETS, ChunkInputs, ChunkOutputs, EngineParams, ImageJ
 from ssa.errors import InputError
 from ssa.graph_models import GraphModels
 from ssa.images import decode_image, image_size
-from ssa.limits import ServerLimits
+from ssa.limits import ServerLimits, release_free_memory
 from ssa.nouns import load_spacy
 from ssa.preprocess import Processors
 from ssa.sa1b import decode_annotations, parse_document
@@ -252,4 +252,6 @@ class TritonPythonModel:
 
     async def execute(self, requests):
         slots = asyncio.Semaphore(self.images_in_progress)  # made on the loop that runs this call
-        return list(await asyncio.gather(*(self._respond(r, slots) for r in requests)))
+        responses = list(await asyncio.gather(*(self._respond(r, slots) for r in requests)))
+        release_free_memory()  # the images' buffers, freed, back to the system (not kept per arena)
+        return responses
