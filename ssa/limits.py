@@ -50,7 +50,7 @@ def image_bound(height: int, width: int, masks: int, batch_size: int, top_k: int
 def _malloc_trim():
     try:
         return ctypes.CDLL(None).malloc_trim  # glibc; musl and others have none
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):  # TypeError: no CDLL(None) (Windows)
         return None
 
 
