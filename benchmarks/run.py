@@ -76,12 +76,19 @@ def process_tree_rss(root: int) -> int:
     total = 0
     for pid in tree:
         try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
+            total += status_bytes(pid, "VmRSS")
         except OSError:
             continue
     return total
+
+
+def status_bytes(pid: int, field: str) -> int:
+    """A memory field of /proc/PID/status in bytes ("VmRSS": resident now, "VmHWM": its peak); 0
+    where the process has none (a kernel thread)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) * 1024
+    return 0
 
 
 class PeakMemory(threading.Thread):

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.run import PeakMemory, ensure_repository, mib, parse_ints
+from benchmarks.run import PeakMemory, ensure_repository, mib, parse_ints, status_bytes
 from ssa.limits import image_bound
 from ssa.params import EngineParams
 
@@ -68,18 +68,13 @@ def few_masks_document(height: int, width: int) -> dict:
 
 
 def peak_rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
+    """Bytes of process `pid`'s peak resident memory (VmHWM)."""
+    return status_bytes(pid, "VmHWM")
 
 
 def resident(pid: int) -> int:
     """Bytes of process `pid` resident now (VmRSS)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
+    return status_bytes(pid, "VmRSS")
 
 
 def reset_peak_rss(pid: int) -> None:

@@ -41,18 +41,15 @@ def test_freed_memory_goes_back_to_the_system():
     import textwrap
 
     code = textwrap.dedent("""
-        from pathlib import Path
+        import os
+        from benchmarks.scaling import resident
         from ssa.limits import release_free_memory
-        def resident():
-            for line in Path("/proc/self/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
         blocks = [bytes(4000) + bytes([i % 256]) for i in range(50_000)]  # each its own malloc block
         kept = blocks[::50]  # a block in 50 stays: the heap's top is never free, so free() trims nothing
         del blocks
-        before = resident()
+        before = resident(os.getpid())
         release_free_memory()
-        print(before, resident(), len(kept))
+        print(before, resident(os.getpid()), len(kept))
     """)
     before, after, _ = map(int, subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                                check=True).stdout.split())
@@ -86,7 +83,8 @@ def test_peak_memory_does_not_grow_with_the_masks(own_server):
         reset_peak_rss(engine)
         labels = annotate(client, image, documents[n], params)
         assert len(labels) == n and all(lab.class_name for lab in labels)
-        return peak_rss(engine), peak_rss(engine) - before
+        peak = peak_rss(engine)
+        return peak, peak - before
 
     # the first image of each kind is not counted: it fills the caches every later image reuses
     # (CLIP text embeddings of its names, spaCy's strings, the shared memory pool)
